@@ -1,0 +1,3 @@
+from gpuyard.entrypoints.cli.main import run
+
+run()

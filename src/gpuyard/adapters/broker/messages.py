@@ -1,0 +1,113 @@
+"""Message bodies between controller and workers (pydantic at the edge). JSON, versioned by `type`."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# controller → worker (routing key node.<name>)
+
+
+class Dispatch(_Message):
+    type: Literal["dispatch"] = "dispatch"
+    job_id: int
+    attempt: int
+    name: str
+    user: str
+    argv: list[str]
+    workdir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    gpu_indices: list[int]
+    gpu_uuids: list[str]
+    time_limit_s: int | None = None
+
+
+class Cancel(_Message):
+    type: Literal["cancel"] = "cancel"
+    job_id: int
+    attempt: int
+
+
+NodeMessage = Annotated[Dispatch | Cancel, Field(discriminator="type")]
+node_message = TypeAdapter[Dispatch | Cancel](NodeMessage)
+
+
+# worker → controller (routing key events)
+
+
+class GpuSample(_Message):
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    memory_used_mib: int
+    utilization_pct: int | None = None
+    outside: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Heartbeat(_Message):
+    type: Literal["heartbeat"] = "heartbeat"
+    node: str
+    backend: str
+    gpus: list[GpuSample]
+    running: list[tuple[int, int]] = Field(default_factory=list)
+    at: datetime
+
+
+class Started(_Message):
+    type: Literal["started"] = "started"
+    job_id: int
+    attempt: int
+    node: str
+    pid: int
+    at: datetime
+
+
+class LogChunk(_Message):
+    type: Literal["log"] = "log"
+    job_id: int
+    attempt: int
+    offset: int = Field(ge=0)
+    data_b64: str
+
+    @classmethod
+    def of(cls, *, job_id: int, attempt: int, offset: int, data: bytes) -> LogChunk:
+        return cls(job_id=job_id, attempt=attempt, offset=offset, data_b64=base64.b64encode(data).decode())
+
+    @property
+    def data(self) -> bytes:
+        return base64.b64decode(self.data_b64)
+
+
+class Progress(_Message):
+    type: Literal["progress"] = "progress"
+    job_id: int
+    attempt: int
+    step: float | None = None
+    total: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class Finished(_Message):
+    type: Literal["finished"] = "finished"
+    job_id: int
+    attempt: int
+    node: str
+    outcome: Literal["succeeded", "failed", "cancelled", "timed_out"]
+    failure_class: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    detail: str | None = None
+    at: datetime
+
+
+Event = Annotated[Heartbeat | Started | LogChunk | Progress | Finished, Field(discriminator="type")]
+event_message = TypeAdapter[Heartbeat | Started | LogChunk | Progress | Finished](Event)

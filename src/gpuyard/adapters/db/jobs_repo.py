@@ -1,0 +1,184 @@
+"""SQL for jobs and attempts. Every state change is conditional on the state (and attempt) it leaves."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gpuyard.adapters.db.tables import attempts, jobs, users
+from gpuyard.domain.jobs import ACTIVE_STATES, JobSpec, JobState
+
+Row = dict[str, Any]
+
+_JOB_COLUMNS = [*jobs.c, users.c.name.label("user")]
+_CURRENT_ATTEMPT = and_(attempts.c.job_id == jobs.c.id, attempts.c.number == jobs.c.attempt)
+
+
+def _jobs_query() -> Any:
+    """Jobs with their owner's name and the node and GPUs of their current attempt."""
+    return (
+        select(*_JOB_COLUMNS, attempts.c.node, attempts.c.gpu_indices)
+        .join(users, users.c.id == jobs.c.user_id)
+        .outerjoin(attempts, _CURRENT_ATTEMPT)
+    )
+
+
+async def insert_job(conn: AsyncConnection, *, spec: JobSpec, user_id: int, now: datetime) -> int:
+    result = await conn.execute(
+        insert(jobs).values(
+            user_id=user_id,
+            name=spec.name,
+            argv=list(spec.argv),
+            gpus=spec.gpus,
+            priority=spec.priority.value,
+            priority_rank=spec.priority.rank,
+            workdir=spec.workdir,
+            env=dict(spec.env),
+            time_limit_s=spec.time_limit_s,
+            state=JobState.QUEUED.value,
+            attempt=0,
+            submitted_at=now,
+            updated_at=now,
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+async def get_job(conn: AsyncConnection, job_id: int) -> Row | None:
+    row = (await conn.execute(_jobs_query().where(jobs.c.id == job_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def get_attempts(conn: AsyncConnection, job_id: int) -> list[Row]:
+    query = select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def list_jobs(
+    conn: AsyncConnection,
+    *,
+    states: Collection[str] = (),
+    user: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+    newest_first: bool = True,
+) -> list[Row]:
+    """A page of jobs; `before_id` is the cursor (ids below it when newest first, above otherwise)."""
+    query = _jobs_query()
+    if states:
+        query = query.where(jobs.c.state.in_(list(states)))
+    if user is not None:
+        query = query.where(users.c.name == user)
+    if before_id is not None:
+        query = query.where(jobs.c.id < before_id if newest_first else jobs.c.id > before_id)
+    query = query.order_by(jobs.c.id.desc() if newest_first else jobs.c.id).limit(limit)
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def pending_jobs(conn: AsyncConnection) -> list[Row]:
+    query = _jobs_query().where(jobs.c.state == JobState.QUEUED.value).order_by(jobs.c.id)
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def active_attempts(conn: AsyncConnection) -> list[Row]:
+    """Jobs holding GPUs (dispatched or running) with their current attempt's placement."""
+    query = (
+        select(*_JOB_COLUMNS, attempts.c.node, attempts.c.gpu_indices, attempts.c.dispatched_at)
+        .join(users, users.c.id == jobs.c.user_id)
+        .join(attempts, _CURRENT_ATTEMPT)
+        .where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]))
+        .order_by(jobs.c.id)
+    )
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def count_by_state(conn: AsyncConnection) -> dict[str, int]:
+    query = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+    return {state: int(n) for state, n in (await conn.execute(query)).all()}
+
+
+async def dispatch(
+    conn: AsyncConnection,
+    *,
+    job_id: int,
+    node: str,
+    gpu_indices: Sequence[int],
+    gpu_uuids: Sequence[str],
+    now: datetime,
+) -> int | None:
+    """queued → dispatched with a new attempt. Returns the attempt number, or None if the job moved on."""
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value)
+        .values(state=JobState.DISPATCHED.value, attempt=jobs.c.attempt + 1, updated_at=now)
+        .returning(jobs.c.attempt)
+    )
+    number = result.scalar_one_or_none()
+    if number is None:
+        return None
+    await conn.execute(
+        insert(attempts).values(
+            job_id=job_id,
+            number=number,
+            node=node,
+            gpu_indices=list(gpu_indices),
+            gpu_uuids=list(gpu_uuids),
+            dispatched_at=now,
+        )
+    )
+    return int(number)
+
+
+async def transition(
+    conn: AsyncConnection,
+    *,
+    job_id: int,
+    attempt: int | None,
+    sources: Collection[JobState],
+    target: JobState,
+    now: datetime,
+    **values: Any,
+) -> bool:
+    """Move a job to `target` only if it is in one of `sources` (and at `attempt`, when given)."""
+    query = update(jobs).where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in sources]))
+    if attempt is not None:
+        query = query.where(jobs.c.attempt == attempt)
+    result = await conn.execute(query.values(state=target.value, updated_at=now, **values))
+    return bool(result.rowcount)
+
+
+async def update_attempt(conn: AsyncConnection, *, job_id: int, attempt: int, **values: Any) -> None:
+    await conn.execute(
+        update(attempts).where(attempts.c.job_id == job_id, attempts.c.number == attempt).values(**values)
+    )
+
+
+async def set_progress(
+    conn: AsyncConnection,
+    *,
+    job_id: int,
+    attempt: int,
+    step: float | None,
+    total: float | None,
+    metrics: Row | None,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state.in_([s.value for s in ACTIVE_STATES])
+        )
+        .values(progress_step=step, progress_total=total, metrics=metrics, updated_at=now)
+    )
+
+
+async def request_cancel(conn: AsyncConnection, *, job_id: int, now: datetime) -> None:
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=now, updated_at=now)
+    )

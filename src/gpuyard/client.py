@@ -1,0 +1,187 @@
+"""The typed HTTP client of the gpuyard API, used by the CLI, the UI and the tests.
+
+from gpuyard.client import Client
+with Client("http://127.0.0.1:8765", token) as gy:
+    job = gy.submit(["python", "train.py"], gpus=2, name="mnist")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from gpuyard.settings import DEFAULT_DATA_DIR
+
+
+class ApiError(Exception):
+    """The API answered with an error: `status`, `code` and a `detail` that says what to do."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{detail} ({status} {code})")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class ApiUnreachable(ApiError):
+    def __init__(self, url: str, error: Exception) -> None:
+        super().__init__(
+            0,
+            "unreachable",
+            f"Cannot reach the gpuyard API at {url} ({error.__class__.__name__}). "
+            "Is it running? Start it with `gpuyard up`, or set GPUYARD_URL.",
+        )
+
+
+def discover(data_dir: Path | None = None) -> tuple[str, str | None]:
+    """URL and token: GPUYARD_URL / GPUYARD_TOKEN, else what `gpuyard up` wrote in the data dir."""
+    data_dir = data_dir or Path(os.environ.get("GPUYARD_DATA_DIR", DEFAULT_DATA_DIR)).expanduser()
+    url = os.environ.get("GPUYARD_URL")
+    if not url and (data_dir / "api_url").exists():
+        url = (data_dir / "api_url").read_text().strip()
+    token = os.environ.get("GPUYARD_TOKEN")
+    token_file = os.environ.get("GPUYARD_TOKEN_FILE")
+    path = Path(token_file) if token_file else data_dir / "admin.token"
+    if not token and path.exists():
+        token = path.read_text().strip()
+    return url or "http://127.0.0.1:8765", token
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise ApiUnreachable(self.url, e) from e
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    # jobs
+
+    def submit(
+        self,
+        command: str | Sequence[str],
+        *,
+        gpus: int = 1,
+        priority: str = "normal",
+        name: str | None = None,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        time_limit_s: int | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "command": command if isinstance(command, str) else list(command),
+            "gpus": gpus,
+            "priority": priority,
+            "name": name,
+            "workdir": workdir,
+            "env": env or {},
+            "time_limit_s": time_limit_s,
+        }
+        result: dict[str, Any] = self._request("POST", "/api/v1/jobs", json=body)
+        return result
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/api/v1/jobs/{job_id}")
+        return result
+
+    def jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        user: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if states:
+            params["state"] = ",".join(states)
+        if user:
+            params["user"] = user
+        if cursor:
+            params["cursor"] = cursor
+        result: dict[str, Any] = self._request("GET", "/api/v1/jobs", params=params)
+        return result
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/api/v1/jobs/{job_id}/cancel")
+        return result
+
+    def logs(self, job_id: int, *, offset: int = 0, attempt: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset}
+        if attempt is not None:
+            params["attempt"] = attempt
+        result: dict[str, Any] = self._request("GET", f"/api/v1/jobs/{job_id}/logs", params=params)
+        return result
+
+    def follow_logs(self, job_id: int, *, offset: int = 0) -> Iterator[str]:
+        """The job's output as it comes, until the job ends."""
+        try:
+            with self._http.stream(
+                "GET",
+                f"/api/v1/jobs/{job_id}/logs/follow",
+                params={"offset": offset},
+                timeout=httpx.Timeout(30.0, read=None),
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response)
+                yield from response.iter_text()
+        except httpx.TransportError as e:
+            raise ApiUnreachable(self.url, e) from e
+
+    def queue(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/api/v1/queue")
+        return result
+
+    def gpus(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/api/v1/gpus")
+        return result
+
+    # users and health
+
+    def add_user(self, name: str, *, is_admin: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "POST", "/api/v1/users", json={"name": name, "is_admin": is_admin}
+        )
+        return result
+
+    def me(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/api/v1/me")
+        return result
+
+    def ready(self) -> dict[str, Any]:
+        try:
+            response = self._http.get("/readyz")
+        except httpx.TransportError as e:
+            raise ApiUnreachable(self.url, e) from e
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def _error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+        return ApiError(response.status_code, str(body.get("error", "error")), str(body.get("detail", body)))
+    except ValueError:
+        return ApiError(response.status_code, "error", response.text[:500] or response.reason_phrase)

@@ -1,0 +1,176 @@
+"""Jobs: priorities, states, failure classes and the validated job specification."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gpuyard.domain.errors import InvalidJobSpec
+
+MAX_NAME_LEN = 200
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ARGS = 4096
+MAX_ENV_VARS = 256
+MAX_ENV_VALUE_BYTES = 16 * 1024
+MAX_WORKDIR_LEN = 4096
+MAX_GPUS_PER_JOB = 64
+MAX_TIME_LIMIT_S = 60 * 24 * 3600
+RESERVED_ENV_PREFIXES = ("GPUYARD_",)
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def parse(cls, value: str) -> Priority:
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            names = ", ".join(p.value for p in cls)
+            raise InvalidJobSpec(f"Unknown priority {value!r}: use one of {names}.") from None
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.URGENT: 3}
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def holds_gpus(self) -> bool:
+        return self in (JobState.DISPATCHED, JobState.RUNNING)
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
+ACTIVE_STATES = frozenset({JobState.DISPATCHED, JobState.RUNNING})
+
+
+class FailureClass(StrEnum):
+    EXIT_NONZERO = "exit_nonzero"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    NODE_LOST = "node_lost"
+    GPU_UNAVAILABLE = "gpu_unavailable"
+    LAUNCH_ERROR = "launch_error"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a person asked for, validated. `argv` is what runs; a shell string runs as `sh -c`."""
+
+    argv: tuple[str, ...]
+    gpus: int
+    priority: Priority = Priority.NORMAL
+    name: str = ""
+    workdir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    time_limit_s: int | None = None
+
+    @property
+    def display_command(self) -> str:
+        return shlex.join(self.argv)
+
+
+def parse_command(command: str | Sequence[str]) -> tuple[str, ...]:
+    """An argv list runs as given; a shell string runs under `sh -c` so pipes and `&&` work."""
+    if isinstance(command, str):
+        if not command.strip():
+            raise InvalidJobSpec("The command is empty: give the program to run, e.g. `python train.py`.")
+        if len(command.encode()) > MAX_COMMAND_BYTES:
+            raise InvalidJobSpec(f"The command is longer than {MAX_COMMAND_BYTES} bytes: put it in a script.")
+        return ("/bin/sh", "-c", command)
+    argv = tuple(command)
+    if not argv or not argv[0].strip():
+        raise InvalidJobSpec("The command is empty: give the program to run, e.g. ['python', 'train.py'].")
+    if len(argv) > MAX_ARGS:
+        raise InvalidJobSpec(f"The command has more than {MAX_ARGS} arguments: put it in a script.")
+    if sum(len(a.encode()) + 1 for a in argv) > MAX_COMMAND_BYTES:
+        raise InvalidJobSpec(f"The command is longer than {MAX_COMMAND_BYTES} bytes: put it in a script.")
+    if any("\x00" in a for a in argv):
+        raise InvalidJobSpec("The command contains a NUL byte, which no program can receive: remove it.")
+    return argv
+
+
+def make_spec(
+    *,
+    command: str | Sequence[str],
+    gpus: int,
+    priority: str = "normal",
+    name: str | None = None,
+    workdir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    time_limit_s: int | None = None,
+) -> JobSpec:
+    """Validate a submission; every refusal says what to change."""
+    argv = parse_command(command)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InvalidJobSpec(f"gpus must be a whole number of at least 1, not {gpus!r}.")
+    if gpus > MAX_GPUS_PER_JOB:
+        raise InvalidJobSpec(f"gpus must be at most {MAX_GPUS_PER_JOB}; ask for fewer GPUs.")
+    prio = Priority.parse(priority)
+    clean_name = (name or "").strip() or os.path.basename(argv[-1] if argv[0] == "/bin/sh" else argv[0])
+    clean_name = clean_name[:MAX_NAME_LEN] if name is None else clean_name
+    if len(clean_name) > MAX_NAME_LEN:
+        raise InvalidJobSpec(f"The name is longer than {MAX_NAME_LEN} characters: shorten it.")
+    if workdir is not None:
+        if not workdir.strip() or len(workdir) > MAX_WORKDIR_LEN or "\x00" in workdir:
+            raise InvalidJobSpec("The working directory must be a non-empty path under 4096 characters.")
+        if not os.path.isabs(workdir):
+            raise InvalidJobSpec(f"The working directory {workdir!r} must be an absolute path.")
+    clean_env = _check_env(env or {})
+    if time_limit_s is not None:
+        if isinstance(time_limit_s, bool) or not isinstance(time_limit_s, int) or time_limit_s < 1:
+            raise InvalidJobSpec(f"time_limit_s must be a whole number of seconds ≥ 1, not {time_limit_s!r}.")
+        if time_limit_s > MAX_TIME_LIMIT_S:
+            raise InvalidJobSpec(f"time_limit_s must be at most {MAX_TIME_LIMIT_S} (60 days).")
+    return JobSpec(
+        argv=argv,
+        gpus=gpus,
+        priority=prio,
+        name=clean_name,
+        workdir=workdir,
+        env=clean_env,
+        time_limit_s=time_limit_s,
+    )
+
+
+def _check_env(env: Mapping[str, str]) -> dict[str, str]:
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidJobSpec(f"At most {MAX_ENV_VARS} environment variables may be set.")
+    clean: dict[str, str] = {}
+    for key, value in env.items():
+        if (
+            not key
+            or not (key[0].isalpha() or key[0] == "_")
+            or not all(c.isalnum() or c == "_" for c in key)
+        ):
+            raise InvalidJobSpec(f"Environment variable name {key!r} is invalid: use letters, digits and _.")
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidJobSpec(f"Environment variable {key} is set by gpuyard itself and cannot be given.")
+        if not isinstance(value, str) or "\x00" in value or len(value.encode()) > MAX_ENV_VALUE_BYTES:
+            raise InvalidJobSpec(f"Environment variable {key} must be a string under 16 KiB without NUL.")
+        clean[key] = value
+    return clean

@@ -1,0 +1,96 @@
+"""The controller's composition root: database, broker, scheduler and services, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+from typing import Any
+
+from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker
+from gpuyard.adapters.db.engine import Database
+from gpuyard.adapters.db.migrate import migrate
+from gpuyard.domain.errors import BrokerUnavailable
+from gpuyard.services.auth import AuthService, check_user_name
+from gpuyard.services.events import EventService
+from gpuyard.services.jobs import JobService
+from gpuyard.services.ports import Clock, utc_now
+from gpuyard.services.scheduler import SchedulerService
+from gpuyard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def default_admin_name() -> str:
+    try:
+        name = getpass.getuser().lower()
+        return check_user_name(name)
+    except Exception:
+        return "admin"
+
+
+class Controller:
+    def __init__(self, settings: Settings, *, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.db = Database(settings.db_url)
+        self.broker = RabbitmqBroker(settings.amqp_url, instance=settings.instance_name())
+        self.scheduler = SchedulerService(
+            self.db,
+            self.broker,
+            clock=clock,
+            default_runtime_s=settings.default_runtime_s,
+            node_lease_s=settings.node_lease_s,
+        )
+        self.events = EventService(self.db, self.scheduler, clock=clock)
+        self.jobs = JobService(self.db, self.scheduler, self.broker, clock=clock)
+        self.auth = AuthService(self.db, clock=clock)
+        self.broker_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate(self.db)
+        if await self.auth.ensure_admin(default_admin_name(), self.settings.admin_token_file):
+            log.info("admin token written to %s", self.settings.admin_token_file)
+        self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
+        self._tasks.append(asyncio.create_task(self._tick(), name="scheduler-tick"))
+
+    async def _connect_broker(self) -> None:
+        delay_s = 0.5
+        while True:
+            try:
+                await self.broker.connect()
+                await self.broker.consume(
+                    self.broker.events_queue, self.events.handle, prefetch=256, serial=True
+                )
+            except BrokerUnavailable as e:
+                log.warning("%s; retrying in %.0f s", e, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
+                continue
+            log.info("connected to RabbitMQ, instance %s", self.broker.instance)
+            self.broker_ready.set()
+            await self.scheduler.flush_outbox()
+            return
+
+    async def _tick(self) -> None:
+        """The periodic wake-up: a scheduling pass and a retry of unpublished dispatches."""
+        while True:
+            await asyncio.sleep(self.settings.scheduler_tick_s)
+            try:
+                await self.scheduler.run_pass()
+                if self.broker_ready.is_set():
+                    await self.scheduler.flush_outbox()
+            except Exception:
+                log.exception("periodic scheduling pass failed")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.broker.close()
+        await self.db.dispose()

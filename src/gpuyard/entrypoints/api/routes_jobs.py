@@ -1,0 +1,227 @@
+"""/api/v1/jobs and /api/v1/queue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import StreamingResponse
+
+from gpuyard.domain.errors import InvalidJobSpec
+from gpuyard.domain.jobs import JobState, make_spec
+from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
+from gpuyard.entrypoints.api.schemas import (
+    AttemptPublic,
+    ErrorBody,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobSubmitted,
+    LogsPublic,
+    QueueEntry,
+    QueuePublic,
+)
+from gpuyard.services.jobs import wait_info
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)}
+MAX_LOG_BYTES = 1024 * 1024
+
+
+def job_public(row: dict[str, Any]) -> JobPublic:
+    total, step = row.get("progress_total"), row.get("progress_step")
+    progress = min(max(step / total, 0.0), 1.0) if total and step is not None else None
+    attempts = row.get("attempts")
+    return JobPublic(
+        id=row["id"],
+        user=row["user"],
+        name=row["name"],
+        command=row["argv"],
+        gpus=row["gpus"],
+        priority=row["priority"],
+        workdir=row["workdir"],
+        env=row["env"],
+        time_limit_s=row["time_limit_s"],
+        state=row["state"],
+        attempt=row["attempt"],
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        failure_class=row["failure_class"],
+        error=row["error"],
+        cancel_requested=row["cancel_requested_at"] is not None,
+        progress=progress,
+        progress_step=step,
+        progress_total=total,
+        metrics=row["metrics"],
+        node=row.get("node"),
+        gpu_indices=row.get("gpu_indices"),
+        attempts=[AttemptPublic(**a) for a in attempts] if attempts is not None else None,
+    )
+
+
+def _parse_states(values: list[str]) -> list[str]:
+    states = [s.strip() for v in values for s in v.split(",") if s.strip()]
+    known = {s.value for s in JobState}
+    for state in states:
+        if state not in known:
+            raise InvalidJobSpec(f"Unknown state {state!r}: use one of {', '.join(sorted(known))}.")
+    return states
+
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobSubmitted, responses=ERRORS)
+async def submit_job(body: JobCreate, user: CurrentUser, controller: ControllerDep) -> JobSubmitted:
+    """Queue a job. The answer says its place in line, when it should start and why it waits."""
+    spec = make_spec(
+        command=body.command,
+        gpus=body.gpus,
+        priority=body.priority,
+        name=body.name,
+        workdir=body.workdir,
+        env=body.env,
+        time_limit_s=body.time_limit_s,
+    )
+    row, wait = await controller.jobs.submit(user, spec)
+    public = job_public(row).model_dump()
+    if wait is None:  # already placed and past the pass that placed it
+        return JobSubmitted(
+            **public,
+            position=None,
+            estimated_start_at=None,
+            estimated_wait_s=0.0,
+            reason="starting",
+            reason_text="starting now",
+        )
+    return JobSubmitted(**public, **wait.__dict__)
+
+
+@router.get("/jobs", response_model=JobsPublic, responses=ERRORS)
+async def list_jobs(
+    user: CurrentUser,
+    controller: ControllerDep,
+    state: Annotated[list[str], Query(description="Filter by state; repeat or comma-separate.")] = [],  # noqa: B006
+    owner: Annotated[str | None, Query(alias="user", description="Filter by owner (admins).")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobsPublic:
+    """Jobs, newest first. Users see their own; admins anyone's."""
+    before_id = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise InvalidJobSpec("The cursor is invalid: pass the `next_cursor` of the previous page.")
+        before_id = int(cursor)
+    rows = await controller.jobs.list(
+        user, states=_parse_states(state), owner=owner, before_id=before_id, limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = str(page[-1]["id"]) if len(rows) > limit else None
+    return JobsPublic(data=[job_public(r) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=ERRORS)
+async def get_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+    """One job with its attempts (node, GPUs, start, end, exit code)."""
+    return job_public(await controller.jobs.get(user, job_id, with_attempts=True))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
+async def cancel_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+    """Cancel a job: a waiting one at once; a running one gets SIGTERM, then SIGKILL after a grace period."""
+    return job_public(await controller.jobs.cancel(user, job_id))
+
+
+@router.get("/jobs/{job_id}/logs", response_model=LogsPublic, responses=ERRORS)
+async def job_logs(
+    job_id: int,
+    user: CurrentUser,
+    controller: ControllerDep,
+    offset: Annotated[int, Query(ge=0, description="Byte offset to read from.")] = 0,
+    attempt: Annotated[int | None, Query(ge=1, description="Default: the current attempt.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = 256 * 1024,
+) -> LogsPublic:
+    """Output (stdout and stderr) of a job from a byte offset; poll with `next_offset`."""
+    job, number, data, next_offset = await controller.jobs.logs(
+        user, job_id, offset=offset, attempt=attempt, limit_bytes=limit
+    )
+    text, next_offset = _complete_utf8(data, next_offset)
+    final = JobState(job["state"]).is_final
+    complete = final and not data and (attempt is None or attempt == job["attempt"])
+    return LogsPublic(
+        job_id=job_id,
+        attempt=number,
+        offset=offset,
+        next_offset=next_offset,
+        data=text,
+        state=job["state"],
+        complete=complete,
+    )
+
+
+def _complete_utf8(data: bytes, next_offset: int) -> tuple[str, int]:
+    """Decode, leaving an incomplete trailing UTF-8 sequence for the next read."""
+    cut = len(data)
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue
+        if byte >= 0xC0 and back < (2 if byte < 0xE0 else 3 if byte < 0xF0 else 4):
+            cut = len(data) - back
+        break
+    return data[:cut].decode("utf-8", errors="replace"), next_offset - (len(data) - cut)
+
+
+@router.get("/jobs/{job_id}/logs/follow", responses=ERRORS, response_class=StreamingResponse)
+async def follow_logs(
+    job_id: int,
+    user: CurrentUser,
+    controller: ControllerDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> StreamingResponse:
+    """The job's output as a text stream that ends when the job ends (like `tail -f`)."""
+    await controller.jobs.get(user, job_id)  # 404 / 403 before the stream starts
+
+    async def stream() -> AsyncIterator[bytes]:
+        position, attempt = offset, None
+        while True:
+            job, number, data, position_next = await controller.jobs.logs(
+                user, job_id, offset=position, attempt=None, limit_bytes=MAX_LOG_BYTES
+            )
+            if attempt is not None and number != attempt:
+                position, attempt = 0, number  # a new attempt writes a new log
+                continue
+            attempt = number
+            if data:
+                position = position_next
+                yield data
+                continue
+            if JobState(job["state"]).is_final:
+                return
+            await asyncio.sleep(0.2)
+
+    return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
+
+
+@router.get("/queue", response_model=QueuePublic, responses=ERRORS)
+async def queue(_user: CurrentUser, controller: ControllerDep) -> QueuePublic:
+    """Everyone's waiting jobs in line order, with estimated start and the reason each waits."""
+    result, rows = await controller.jobs.queue()
+    entries = []
+    for row in rows:
+        wait = wait_info(row, result)
+        assert wait is not None
+        entries.append(
+            QueueEntry(
+                id=row["id"],
+                user=row["user"],
+                name=row["name"],
+                gpus=row["gpus"],
+                priority=row["priority"],
+                submitted_at=row["submitted_at"],
+                **wait.__dict__,
+            )
+        )
+    return QueuePublic(now=result.now, data=entries)

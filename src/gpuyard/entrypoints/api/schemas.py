@@ -1,0 +1,183 @@
+"""API schemas (pydantic), kept apart from the tables: JobCreate in, JobPublic out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpuyard.domain.jobs import MAX_ARGS, MAX_COMMAND_BYTES, MAX_NAME_LEN
+
+PriorityName = Literal["low", "normal", "high", "urgent"]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Stable machine-readable code.")
+    detail: Any = Field(description="What happened and what to do.")
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | list[str] = Field(
+        description="An argv list (runs as given) or a shell string (runs under `sh -c`).",
+        examples=[["python", "train.py", "--lr", "3e-4"]],
+    )
+    gpus: int = Field(1, description="Whole GPUs on one node, at least 1.")
+    priority: str = Field("normal", description="low | normal | high | urgent.")
+    name: str | None = Field(None, max_length=MAX_NAME_LEN, description="A label; default: the program name.")
+    workdir: str | None = Field(None, description="Absolute working directory on the worker node.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the job.")
+    time_limit_s: int | None = Field(None, description="Stop the job (timed_out) after this many seconds.")
+
+
+class AttemptPublic(BaseModel):
+    number: int
+    node: str
+    gpu_indices: list[int]
+    gpu_uuids: list[str]
+    dispatched_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    signal: int | None
+    failure_class: str | None
+
+
+class JobPublic(BaseModel):
+    id: int
+    user: str
+    name: str
+    command: list[str]
+    gpus: int
+    priority: PriorityName
+    workdir: str | None
+    env: dict[str, str]
+    time_limit_s: int | None
+    state: str
+    attempt: int
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    failure_class: str | None
+    error: str | None
+    cancel_requested: bool
+    progress: float | None = Field(description="Fraction done, from what the job reports (0..1).")
+    progress_step: float | None
+    progress_total: float | None
+    metrics: dict[str, Any] | None
+    node: str | None = None
+    gpu_indices: list[int] | None = None
+    attempts: list[AttemptPublic] | None = None
+
+
+class WaitPublic(BaseModel):
+    position: int | None = Field(description="1 is next in line.")
+    estimated_start_at: datetime | None
+    estimated_wait_s: float | None
+    reason: str = Field(description="A code: starting, gpus_busy, behind_earlier_jobs, ...")
+    reason_text: str = Field(description="The reason in plain words.")
+
+
+class JobSubmitted(JobPublic):
+    position: int | None
+    estimated_start_at: datetime | None
+    estimated_wait_s: float | None
+    reason: str
+    reason_text: str
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class LogsPublic(BaseModel):
+    job_id: int
+    attempt: int
+    offset: int
+    next_offset: int
+    data: str
+    state: str
+    complete: bool = Field(description="True once the job is final and everything has been read.")
+
+
+class QueueEntry(BaseModel):
+    id: int
+    user: str
+    name: str
+    gpus: int
+    priority: PriorityName
+    submitted_at: datetime
+    position: int | None
+    estimated_start_at: datetime | None
+    estimated_wait_s: float | None
+    reason: str
+    reason_text: str
+
+
+class QueuePublic(BaseModel):
+    now: datetime
+    data: list[QueueEntry]
+
+
+class GpuProcessPublic(BaseModel):
+    pid: int
+    user: str | None = None
+    used_memory_mib: int | None = None
+    command: str | None = None
+
+
+class GpuPublic(BaseModel):
+    node: str
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    memory_used_mib: int
+    utilization_pct: int | None
+    job_id: int | None
+    job_user: str | None
+    job_name: str | None
+    outside_processes: list[GpuProcessPublic]
+    node_online: bool
+
+
+class NodePublic(BaseModel):
+    name: str
+    backend: str
+    online: bool
+    last_seen_at: datetime
+    gpus: int
+
+
+class GpusPublic(BaseModel):
+    nodes: list[NodePublic]
+    gpus: list[GpuPublic]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    is_admin: bool = False
+
+
+class UserPublic(BaseModel):
+    id: int
+    name: str
+    is_admin: bool
+
+
+class UserCreated(UserPublic):
+    token: str = Field(description="Shown once: store it now.")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+def command_limits() -> str:
+    return f"at most {MAX_ARGS} arguments and {MAX_COMMAND_BYTES} bytes"

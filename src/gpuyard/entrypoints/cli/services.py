@@ -1,0 +1,271 @@
+"""`gpuyard up | controller | worker`: start the services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+from gpuyard.domain.errors import GpuyardError
+
+err = Console(stderr=True, highlight=False)
+log = logging.getLogger("gpuyard.up")
+
+
+def configure_logging(level: str, role: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Database, job output, tokens [GPUYARD_DATA_DIR].")
+]
+PortOpt = Annotated[int | None, typer.Option("--port", help="API port [GPUYARD_PORT, 8765].")]
+BackendOpt = Annotated[str | None, typer.Option("--gpu-backend", help="auto | nvml | nvidia-smi | fake.")]
+FakeOpt = Annotated[int | None, typer.Option("--fake-gpus", help="GPUs of the fake backend [4].")]
+
+
+def _apply(**options: object) -> None:
+    """Command-line options become GPUYARD_* variables, so the child processes see them too."""
+    for name, value in options.items():
+        if value is not None:
+            os.environ[f"GPUYARD_{name.upper()}"] = str(value)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from gpuyard.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        err.print(f"error: invalid setting: {e}")
+        raise typer.Exit(2) from None
+
+
+def controller(data_dir: DataDirOpt = None, port: PortOpt = None) -> None:
+    """Run the API and the scheduler (the only process that writes the database)."""
+    import uvicorn
+
+    from gpuyard.entrypoints.api.app import create_app
+
+    _apply(data_dir=data_dir, port=port)
+    settings = _settings()
+    configure_logging(settings.log_level, "controller")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+    )
+    uvicorn.Server(config).run()
+
+
+def worker(
+    data_dir: DataDirOpt = None,
+    gpu_backend: BackendOpt = None,
+    fake_gpus: FakeOpt = None,
+    node_name: Annotated[str | None, typer.Option("--node-name", help="This node's name [hostname].")] = None,
+) -> None:
+    """Run the worker of this machine: reports its GPUs and runs the jobs dispatched to it."""
+    from gpuyard.adapters.gpu.detect import describe_backend, open_gpu_backend
+    from gpuyard.entrypoints.worker.agent import Worker
+
+    _apply(data_dir=data_dir, gpu_backend=gpu_backend, fake_gpus=fake_gpus, node_name=node_name)
+    settings = _settings()
+    configure_logging(settings.log_level, "worker")
+    state_file = str(settings.fake_gpu_state_file) if settings.fake_gpu_state_file else None
+    try:
+        gpus = open_gpu_backend(
+            settings.gpu_backend,
+            fake_count=settings.fake_gpus,
+            node=settings.node_name,
+            fake_state_file=state_file,
+        )
+    except GpuyardError as e:
+        err.print(f"error: {e.detail}")
+        raise typer.Exit(2) from None
+    log.info("GPU backend: %s", describe_backend(gpus))
+
+    async def main() -> None:
+        agent = Worker(settings, gpus)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop)
+        try:
+            await agent.run()
+        finally:
+            await agent.shutdown()
+
+    asyncio.run(main())
+
+
+def up(
+    data_dir: DataDirOpt = None,
+    port: PortOpt = None,
+    gpu_backend: BackendOpt = None,
+    fake_gpus: FakeOpt = None,
+    broker: Annotated[str | None, typer.Option("--broker", help="auto | external | local [auto].")] = None,
+) -> None:
+    """Start RabbitMQ (if none answers), the controller and this machine's worker, in the foreground.
+    Ctrl-C stops them all."""
+    from gpuyard.adapters.broker.local import (
+        INSTALL_HINT,
+        LocalRabbitmq,
+        amqp_reachable,
+        find_rabbitmq_server,
+    )
+    from gpuyard.adapters.broker.local import free_port as pick_port
+    from gpuyard.adapters.gpu.detect import describe_backend, open_gpu_backend
+
+    _apply(data_dir=data_dir, port=port, gpu_backend=gpu_backend, fake_gpus=fake_gpus, broker=broker)
+    settings = _settings()
+    configure_logging(settings.log_level, "up")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    local: LocalRabbitmq | None = None
+    broker_note = f"RabbitMQ at {settings.amqp_url.split('@')[-1]}"
+    if settings.broker == "local" or (settings.broker == "auto" and not amqp_reachable(settings.amqp_url)):
+        if find_rabbitmq_server() is None:
+            err.print(
+                f"error: no RabbitMQ answers at {settings.amqp_url} and none is installed. {INSTALL_HINT}"
+            )
+            raise typer.Exit(2)
+        local_port = settings.local_broker_port
+        if amqp_reachable(f"amqp://127.0.0.1:{local_port}/", timeout_s=0.5):
+            local_port = pick_port()
+        local = LocalRabbitmq(settings.data_dir / "rabbitmq", port=local_port)
+        where = settings.data_dir / "rabbitmq"
+        err.print(f"Starting a private RabbitMQ on 127.0.0.1:{local_port} (data in {where})")
+        try:
+            os.environ["GPUYARD_AMQP_URL"] = local.start()
+        except GpuyardError as e:
+            err.print(f"error: {e.detail}")
+            raise typer.Exit(2) from None
+        broker_note = f"private RabbitMQ on 127.0.0.1:{local_port}"
+    elif settings.broker == "external" and not amqp_reachable(settings.amqp_url):
+        err.print(f"error: no RabbitMQ answers at {settings.amqp_url}: start it or fix GPUYARD_AMQP_URL.")
+        raise typer.Exit(2)
+    os.environ["GPUYARD_INSTANCE"] = settings.instance_name()
+    try:
+        backend = open_gpu_backend(
+            settings.gpu_backend, fake_count=settings.fake_gpus, node=settings.node_name
+        )
+    except GpuyardError as e:
+        err.print(f"error: {e.detail}")
+        raise typer.Exit(2) from None
+    gpu_note = describe_backend(backend)
+    is_fake = backend.name == "fake"
+    backend.close()
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def start(role: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "gpuyard", role], start_new_session=True)
+        children.append((role, proc))
+        return proc
+
+    def stop_all(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    code = 0
+    try:
+        ctl = start("controller")
+        if not _wait_ready(settings.api_url, ctl, lambda: stopping):
+            err.print("error: the controller did not become ready; see its log above.")
+            code = 1
+            return
+        start("worker")
+        (settings.data_dir / "api_url").write_text(settings.api_url + "\n")
+        _announce(settings, gpu_note=gpu_note, broker_note=broker_note, is_fake=is_fake)
+        while not stopping:
+            for role, proc in children:
+                if proc.poll() is not None:
+                    err.print(f"error: the {role} exited with status {proc.returncode}; stopping gpuyard.")
+                    stopping, code = True, 1
+            time.sleep(0.2)
+    finally:
+        err.print("Stopping gpuyard…")
+        for role, proc in reversed(children):  # worker first: it reports its jobs' ends
+            _stop_child(role, proc, settings.kill_grace_s + 10)
+        if local is not None:
+            local.stop()
+        if code:
+            raise typer.Exit(code)
+
+
+def _wait_ready(api_url: str, proc: subprocess.Popen[bytes], stopping: object) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if callable(stopping) and stopping():
+            return False
+        try:
+            if httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop_child(role: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            err.print(f"the {role} did not stop in {timeout_s:.0f} s: killing it")
+            proc.kill()
+            proc.wait()
+
+
+def _announce(settings: object, *, gpu_note: str, broker_note: str, is_fake: bool) -> None:
+    from gpuyard.settings import Settings
+
+    assert isinstance(settings, Settings)
+    lines = [
+        "gpuyard is up.",
+        f"  API:         {settings.api_url}  (OpenAPI docs: {settings.api_url}/docs)",
+        f"  GPU backend: {gpu_note}",
+        f"  broker:      {broker_note}",
+        f"  database:    {settings.db_url.split('://')[0]} ({settings.db_url.split('///')[-1]})",
+        f"  admin token: {settings.admin_token_file} (readable by you only; the CLI uses it)",
+        f"  data dir:    {settings.data_dir}",
+        f"  try:         export GPUYARD_DATA_DIR={settings.data_dir}",
+        "               gpuyard submit --gpus 1 -- python examples/train_digits.py",
+        "Ctrl-C stops everything.",
+    ]
+    if is_fake:
+        banner = "!" * 78
+        lines[2:2] = [
+            banner,
+            f"!! FAKE GPU BACKEND: no NVIDIA GPU was found. gpuyard simulates {settings.fake_gpus} GPUs;",
+            "!! jobs get CUDA_VISIBLE_DEVICES but run on the CPU.",
+            banner,
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(controller)
+    app.command("api", help="Same as `controller`.")(controller)
+    app.command()(worker)

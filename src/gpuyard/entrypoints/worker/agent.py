@@ -1,0 +1,234 @@
+"""The worker: one per workstation. Reports its GPUs, runs what it is dispatched, streams what happens.
+
+It never touches the database. A dispatch is acked only after the job's `started` (or its end) was
+published with a confirm; a duplicate delivery of an attempt it already runs is acked and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from gpuyard.adapters.broker.messages import Cancel, Dispatch, GpuSample, Heartbeat, node_message
+from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker
+from gpuyard.adapters.gpu.base import GpuBackend
+from gpuyard.adapters.runner.process import LaunchError
+from gpuyard.domain.errors import BrokerUnavailable
+from gpuyard.domain.jobs import FailureClass
+from gpuyard.entrypoints.worker.attempt import Attempt
+from gpuyard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RECENT_ENDED = 10_000
+
+
+class Worker:
+    def __init__(self, settings: Settings, gpus: GpuBackend) -> None:
+        self.settings = settings
+        self.node = settings.node_name
+        self.gpus = gpus
+        self.broker = RabbitmqBroker(settings.amqp_url, instance=settings.instance_name())
+        self.running: dict[tuple[int, int], Attempt] = {}
+        self._ended: dict[tuple[int, int], None] = {}
+        self._cancelled_early: set[tuple[int, int]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._launch_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+
+    async def emit(self, body: dict[str, Any]) -> None:
+        await self.broker.publish("events", body)
+
+    async def run(self) -> None:
+        """Connect (retrying), then serve until `stop()`."""
+        delay_s = 0.5
+        while True:
+            try:
+                await self.broker.connect()
+                await self.broker.declare_node_queue(self.node)
+                break
+            except BrokerUnavailable as e:
+                log.warning("%s; retrying in %.0f s", e, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
+        await self._heartbeat_once()
+        await self.broker.consume(
+            self.broker.node_queue(self.node), self.handle, prefetch=self.settings.max_parallel_jobs
+        )
+        log.info(
+            "worker %s ready: %s GPUs, instance %s",
+            self.node,
+            len(self.gpus.list_gpus()),
+            self.broker.instance,
+        )
+        beat = asyncio.create_task(self._heartbeats())
+        try:
+            await self._stopping.wait()
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def shutdown(self) -> None:
+        """Stop every job this worker runs and report their ends, then disconnect."""
+        for attempt in list(self.running.values()):
+            if attempt.process is not None:
+                attempt.process.stop("cancelled")
+        waits = [a.finished.wait() for a in self.running.values()]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), timeout=self.settings.kill_grace_s + 5)
+        await self.broker.close()
+        self.gpus.close()
+
+    async def handle(self, body: dict[str, Any]) -> None:
+        message = node_message.validate_python(body)
+        if isinstance(message, Cancel):
+            await self._cancel(message)
+        else:
+            await self._dispatch(message)
+
+    async def _dispatch(self, d: Dispatch) -> None:
+        key = (d.job_id, d.attempt)
+        if key in self.running or key in self._ended:
+            log.info("job %s attempt %s: duplicate dispatch ignored", *key)
+            return
+        attempt = Attempt(
+            d,
+            node=self.node,
+            jobs_dir=self.settings.jobs_dir,
+            emit=self.emit,
+            kill_grace_s=self.settings.kill_grace_s,
+        )
+        if key in self._cancelled_early:
+            await attempt.finish(
+                "cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started"
+            )
+            self._end(key)
+            return
+        async with self._launch_lock:  # one GPU check + launch at a time: never two jobs on one GPU
+            busy = await asyncio.to_thread(self._unavailable, d.gpu_indices)
+            if busy:
+                await attempt.finish(
+                    "failed",
+                    FailureClass.GPU_UNAVAILABLE.value,
+                    detail=f"GPUs {busy} are held by processes outside gpuyard",
+                )
+                self._end(key)
+                return
+            try:
+                pid = await attempt.launch()
+            except LaunchError as e:
+                await attempt.fail_launch(e)
+                self._end(key)
+                return
+            self.running[key] = attempt
+            if key in self._cancelled_early:  # a cancel overtook this launch
+                attempt.process.stop("cancelled")  # type: ignore[union-attr]
+        self._mark_fake_load(pid, d.gpu_indices)
+        log.info(
+            "job %s attempt %s started: pid %s, CUDA_VISIBLE_DEVICES=%s",
+            d.job_id,
+            d.attempt,
+            pid,
+            ",".join(map(str, d.gpu_indices)),
+        )
+        await attempt.started_event(pid)
+        task = asyncio.create_task(self._supervise(attempt, pid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _supervise(self, attempt: Attempt, pid: int) -> None:
+        try:
+            await attempt.run()
+        except Exception:
+            log.exception("job %s attempt %s: supervision failed", *attempt.key)
+        finally:
+            self._clear_fake_load(pid)
+            self.running.pop(attempt.key, None)
+            self._end(attempt.key)
+
+    async def _cancel(self, c: Cancel) -> None:
+        key = (c.job_id, c.attempt)
+        attempt = self.running.get(key)
+        if attempt is not None and attempt.process is not None:
+            attempt.process.stop("cancelled")
+        elif key not in self._ended:
+            # The dispatch has not arrived (or this worker never had it): it must not start.
+            self._cancelled_early.add(key)
+            stub = Dispatch(
+                job_id=c.job_id, attempt=c.attempt, name="", user="", argv=["-"], gpu_indices=[], gpu_uuids=[]
+            )
+            await Attempt(
+                stub, node=self.node, jobs_dir=self.settings.jobs_dir, emit=self.emit, kill_grace_s=0
+            ).finish("cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started")
+
+    def _end(self, key: tuple[int, int]) -> None:
+        self._ended[key] = None
+        if len(self._ended) > _RECENT_ENDED:
+            self._ended.pop(next(iter(self._ended)))
+
+    def _own_pgids(self) -> set[int]:
+        return {a.process.pid for a in self.running.values() if a.process is not None}
+
+    def _unavailable(self, indices: list[int]) -> list[int]:
+        free = {g.index for g in self.gpus.get_free_gpus(self._own_pgids())}
+        return [i for i in indices if i not in free]
+
+    def _mark_fake_load(self, pgid: int, indices: list[int]) -> None:
+        set_job = getattr(self.gpus, "set_job_gpus", None)
+        if set_job is not None:
+            set_job(pgid, indices)
+
+    def _clear_fake_load(self, pgid: int) -> None:
+        clear = getattr(self.gpus, "clear_job", None)
+        if clear is not None:
+            clear(pgid)
+
+    def _sample(self) -> list[GpuSample]:
+        own = self._own_pgids()
+        samples = []
+        for gpu in self.gpus.list_gpus():
+            outside = [
+                {"pid": p.pid, "user": p.user, "used_memory_mib": p.used_memory_mib, "command": p.command}
+                for p in self.gpus.outside_processes(gpu, own)
+            ]
+            samples.append(
+                GpuSample(
+                    index=gpu.index,
+                    uuid=gpu.uuid,
+                    name=gpu.name,
+                    memory_total_mib=gpu.memory_total_mib,
+                    memory_used_mib=gpu.memory_used_mib,
+                    utilization_pct=gpu.utilization_pct,
+                    outside=outside,
+                )
+            )
+        return samples
+
+    async def _heartbeat_once(self) -> None:
+        samples = await asyncio.to_thread(self._sample)
+        beat = Heartbeat(
+            node=self.node,
+            backend=self.gpus.name,
+            gpus=samples,
+            running=list(self.running),
+            at=datetime.now(UTC),
+        )
+        await self.emit(beat.model_dump(mode="json"))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._heartbeat_once()
+            except BrokerUnavailable as e:
+                log.warning("heartbeat not sent: %s", e)
+            except Exception:
+                log.exception("heartbeat failed")

@@ -1,0 +1,240 @@
+"""One job attempt on this node: launch, stream output and progress as events, report the end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gpuyard.adapters.broker.messages import Dispatch, Finished, LogChunk, Progress, Started
+from gpuyard.adapters.runner.process import ExitStatus, JobProcess, LaunchError, scrub_environment
+from gpuyard.domain.errors import BrokerUnavailable
+from gpuyard.domain.jobs import FailureClass
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+_FLUSH_S = 0.1
+_FLUSH_BYTES = 256 * 1024
+_METRICS_POLL_S = 0.5
+
+
+def outcome_of(status: ExitStatus) -> tuple[str, str | None]:
+    """(outcome, failure class) of an attempt that ran."""
+    if status.stop_reason == "cancelled":
+        return "cancelled", FailureClass.CANCELLED.value
+    if status.stop_reason == "timed_out":
+        return "timed_out", FailureClass.TIMEOUT.value
+    if status.exit_code == 0:
+        return "succeeded", None
+    if status.oom_seen:
+        return "failed", FailureClass.OOM.value
+    return "failed", FailureClass.EXIT_NONZERO.value
+
+
+class Attempt:
+    def __init__(
+        self, dispatch: Dispatch, *, node: str, jobs_dir: Path, emit: Emit, kill_grace_s: float
+    ) -> None:
+        self.dispatch = dispatch
+        self.node = node
+        self.output_dir = jobs_dir / str(dispatch.job_id) / f"attempt-{dispatch.attempt}"
+        self._emit = emit
+        self._grace_s = kill_grace_s
+        self._offset = 0
+        self._pending = bytearray()
+        self._flush_lock = asyncio.Lock()
+        self._metrics_pos = 0
+        self._last_progress: dict[str, Any] | None = None
+        self.process: JobProcess | None = None
+        self.finished = asyncio.Event()
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dispatch.job_id, self.dispatch.attempt)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    def environment(self) -> dict[str, str]:
+        d = self.dispatch
+        env = scrub_environment(os.environ)
+        env.update(d.env)
+        env.update(
+            {
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in d.gpu_indices),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                "GPUYARD_JOB_ID": str(d.job_id),
+                "GPUYARD_ATTEMPT": str(d.attempt),
+                "GPUYARD_OUTPUT_DIR": str(self.output_dir),
+                "GPUYARD_TB_DIR": str(self.output_dir / "tensorboard"),
+                "GPUYARD_METRICS_FILE": str(self.metrics_file),
+                "GPUYARD_GPU_UUIDS": ",".join(d.gpu_uuids),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    async def launch(self) -> int:
+        """Start the process; raises LaunchError. Returns its pid (= its process group)."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "tensorboard").mkdir(exist_ok=True)
+        self.metrics_file.touch()
+        workdir = Path(self.dispatch.workdir) if self.dispatch.workdir else self.output_dir
+        self.process = JobProcess(
+            argv=self.dispatch.argv,
+            env=self.environment(),
+            workdir=workdir,
+            on_output=self._on_output,
+            kill_grace_s=self._grace_s,
+        )
+        await self.process.start()
+        return self.process.pid
+
+    async def started_event(self, pid: int) -> None:
+        d = self.dispatch
+        await self._emit(
+            Started(
+                job_id=d.job_id, attempt=d.attempt, node=self.node, pid=pid, at=datetime.now(UTC)
+            ).model_dump(mode="json")
+        )
+
+    async def run(self) -> None:
+        """Wait for the process, streaming output and progress; then report how it ended."""
+        assert self.process is not None
+        poller = asyncio.create_task(self._poll_metrics())
+        flusher = asyncio.create_task(self._flush_periodically())
+        try:
+            status = await self.process.wait(time_limit_s=self.dispatch.time_limit_s)
+        finally:
+            poller.cancel()
+            flusher.cancel()
+        await self._read_metrics()
+        await self._flush()
+        outcome, failure = outcome_of(status)
+        detail = None
+        if status.stop_reason == "timed_out":
+            detail = f"stopped after its time limit of {self.dispatch.time_limit_s} s"
+        elif status.signal is not None:
+            detail = f"killed by signal {status.signal}"
+        await self.finish(outcome, failure, exit_code=status.exit_code, signal=status.signal, detail=detail)
+
+    async def fail_launch(self, error: LaunchError) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        await self._on_output(f"gpuyard: could not start the job: {error}\n".encode())
+        await self._flush()
+        await self.finish("failed", FailureClass.LAUNCH_ERROR.value, detail=str(error))
+
+    async def finish(
+        self,
+        outcome: str,
+        failure: str | None,
+        *,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        d = self.dispatch
+        event = Finished(
+            job_id=d.job_id,
+            attempt=d.attempt,
+            node=self.node,
+            outcome=outcome,  # type: ignore[arg-type]
+            failure_class=failure,
+            exit_code=exit_code,
+            signal=signal,
+            detail=detail,
+            at=datetime.now(UTC),
+        )
+        await self._emit_retrying(event.model_dump(mode="json"))
+        self.finished.set()
+        log.info("job %s attempt %s %s (exit %s, signal %s)", d.job_id, d.attempt, outcome, exit_code, signal)
+
+    async def _emit_retrying(self, body: dict[str, Any]) -> None:
+        """An end must reach the controller: retry through a broker outage."""
+        delay_s = 0.2
+        while True:
+            try:
+                await self._emit(body)
+                return
+            except BrokerUnavailable as e:
+                log.warning("cannot report job %s yet: %s", self.dispatch.job_id, e)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+
+    async def _on_output(self, chunk: bytes) -> None:
+        with open(self.output_dir / "output.log", "ab") as f:  # noqa: ASYNC230 - a local append, microseconds
+            f.write(chunk)
+        self._pending += chunk
+        if len(self._pending) >= _FLUSH_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            if not self._pending:
+                return
+            data, offset = bytes(self._pending), self._offset
+            self._pending.clear()
+            self._offset += len(data)
+            d = self.dispatch
+            chunk = LogChunk.of(job_id=d.job_id, attempt=d.attempt, offset=offset, data=data)
+            await self._emit_retrying(chunk.model_dump(mode="json"))
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_S)
+            await self._flush()
+
+    async def _poll_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(_METRICS_POLL_S)
+            await self._read_metrics()
+
+    async def _read_metrics(self) -> None:
+        """Forward the newest complete line of the job's metrics file, if any arrived."""
+        try:
+            with open(self.metrics_file, "rb") as f:  # noqa: ASYNC230 - a small local read
+                f.seek(self._metrics_pos)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self._metrics_pos += end + 1
+        latest = None
+        for line in reversed(data[:end].split(b"\n")):
+            try:
+                latest = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if not isinstance(latest, dict) or latest == self._last_progress:
+            return
+        self._last_progress = latest
+        d = self.dispatch
+        progress = Progress(
+            job_id=d.job_id,
+            attempt=d.attempt,
+            step=_num(latest.get("step")),
+            total=_num(latest.get("total")),
+            metrics=_dict(latest.get("metrics")),
+        )
+        try:
+            await self._emit(progress.model_dump(mode="json"))
+        except BrokerUnavailable as e:
+            log.warning("progress of job %s not sent: %s", d.job_id, e)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

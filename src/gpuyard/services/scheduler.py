@@ -1,0 +1,214 @@
+"""The scheduler shell: load a snapshot, call the pure policy, apply its decision, publish dispatches.
+
+Passes are serialised and coalesced: every caller of `run_pass()` gets the decision of a pass that started
+after its call, and many concurrent callers share one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gpuyard.adapters.broker.messages import Dispatch
+from gpuyard.adapters.db import jobs_repo, repo
+from gpuyard.adapters.db.engine import Database
+from gpuyard.domain.errors import BrokerUnavailable
+from gpuyard.scheduling.model import Decision, GpuSlot, NodeView, PendingJob, RunningJob, ScheduleRequest
+from gpuyard.scheduling.policy import schedule
+from gpuyard.services.ports import Clock, Publisher
+
+log = logging.getLogger(__name__)
+
+# A running job's own progress is trusted for its expected end once it has reported this fraction.
+_MIN_PROGRESS = 0.01
+
+
+@dataclass(frozen=True)
+class PassResult:
+    now: datetime
+    decision: Decision
+    pending: dict[int, dict[str, Any]]
+
+
+def expected_end_at(row: dict[str, Any], *, default_runtime_s: float) -> tuple[datetime, float | None]:
+    """When a job holding GPUs should end, from its progress, else its time limit, else the default."""
+    began: datetime = row["started_at"] or row["dispatched_at"]
+    progress = None
+    if row["progress_total"] and row["progress_step"] is not None and row["started_at"] is not None:
+        progress = min(max(row["progress_step"] / row["progress_total"], 0.0), 1.0)
+    if progress is not None and progress >= _MIN_PROGRESS and row["started_at"] is not None:
+        return began + (row["_now"] - began) / progress, progress
+    if row["time_limit_s"]:
+        return began + timedelta(seconds=row["time_limit_s"]), progress
+    return began + timedelta(seconds=default_runtime_s), progress
+
+
+def build_request(
+    *,
+    now: datetime,
+    pending: list[dict[str, Any]],
+    active: list[dict[str, Any]],
+    nodes: list[dict[str, Any]],
+    default_runtime_s: float,
+    node_lease_s: float,
+) -> ScheduleRequest:
+    running = []
+    for row in active:
+        end_at, progress = expected_end_at({**row, "_now": now}, default_runtime_s=default_runtime_s)
+        running.append(RunningJob(row["id"], row["node"], tuple(row["gpu_indices"]), end_at, progress))
+    views = tuple(
+        NodeView(
+            name=n["name"],
+            gpus=tuple(GpuSlot(g["index"], outside=bool(g.get("outside"))) for g in n["gpus"]),
+            online=(now - n["last_seen_at"]).total_seconds() <= node_lease_s,
+        )
+        for n in nodes
+    )
+    waiting = tuple(
+        PendingJob(
+            job_id=r["id"],
+            seq=r["id"],
+            gpus=r["gpus"],
+            priority_rank=r["priority_rank"],
+            user=r["user"],
+            time_limit_s=r["time_limit_s"],
+        )
+        for r in pending
+    )
+    return ScheduleRequest(now, waiting, tuple(running), views, default_runtime_s)
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        db: Database,
+        publisher: Publisher,
+        *,
+        clock: Clock,
+        default_runtime_s: float,
+        node_lease_s: float,
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._clock = clock
+        self._default_runtime_s = default_runtime_s
+        self._node_lease_s = node_lease_s
+        self._lock = asyncio.Lock()
+        self._requested = 0
+        self._completed = 0
+        self._last: PassResult | None = None
+        self._outbox_lock = asyncio.Lock()
+        self._wake_tasks: set[asyncio.Task[Any]] = set()
+        self.pass_count = 0
+
+    async def run_pass(self) -> PassResult:
+        self._requested += 1
+        ticket = self._requested
+        async with self._lock:
+            if self._completed >= ticket and self._last is not None:
+                return self._last
+            target = self._requested
+            self._last = await self._pass()
+            self._completed = target
+            return self._last
+
+    def wake(self) -> None:
+        """Ask for a pass soon, without waiting for it."""
+        task = asyncio.get_running_loop().create_task(self._safe_pass())
+        self._wake_tasks.add(task)
+        task.add_done_callback(self._wake_tasks.discard)
+
+    async def _safe_pass(self) -> None:
+        try:
+            await self.run_pass()
+        except Exception:
+            log.exception("scheduling pass failed")
+
+    async def _pass(self) -> PassResult:
+        now = self._clock()
+        async with self._db.read() as conn:
+            pending = await jobs_repo.pending_jobs(conn)
+            active = await jobs_repo.active_attempts(conn)
+            nodes = await repo.list_nodes(conn)
+        request = build_request(
+            now=now,
+            pending=pending,
+            active=active,
+            nodes=nodes,
+            default_runtime_s=self._default_runtime_s,
+            node_lease_s=self._node_lease_s,
+        )
+        decision = schedule(request)
+        self.pass_count += 1
+        if decision.placements:
+            await self._apply(decision, pending={r["id"]: r for r in pending}, nodes=nodes, now=now)
+            await self.flush_outbox()
+        return PassResult(now, decision, {r["id"]: r for r in pending})
+
+    async def _apply(
+        self,
+        decision: Decision,
+        *,
+        pending: dict[int, dict[str, Any]],
+        nodes: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        uuids = {n["name"]: {g["index"]: g["uuid"] for g in n["gpus"]} for n in nodes}
+        async with self._db.write() as conn:
+            for placement in decision.placements:
+                job = pending[placement.job_id]
+                gpu_uuids = [uuids[placement.node][i] for i in placement.gpu_indices]
+                attempt = await jobs_repo.dispatch(
+                    conn,
+                    job_id=job["id"],
+                    node=placement.node,
+                    gpu_indices=placement.gpu_indices,
+                    gpu_uuids=gpu_uuids,
+                    now=now,
+                )
+                if attempt is None:
+                    continue  # cancelled since the snapshot
+                body = Dispatch(
+                    job_id=job["id"],
+                    attempt=attempt,
+                    name=job["name"],
+                    user=job["user"],
+                    argv=job["argv"],
+                    workdir=job["workdir"],
+                    env=job["env"],
+                    gpu_indices=list(placement.gpu_indices),
+                    gpu_uuids=gpu_uuids,
+                    time_limit_s=job["time_limit_s"],
+                )
+                key = self._publisher.node_key(placement.node)
+                await repo.add_outbox(conn, routing_key=key, body=body.model_dump(mode="json"), now=now)
+                log.info(
+                    "job %s attempt %s dispatched to %s GPUs %s",
+                    job["id"],
+                    attempt,
+                    placement.node,
+                    list(placement.gpu_indices),
+                )
+
+    async def flush_outbox(self) -> int:
+        """Publish what the database holds unpublished; what the broker refuses stays for the next try."""
+        async with self._outbox_lock:
+            return await self._flush_outbox()
+
+    async def _flush_outbox(self) -> int:
+        async with self._db.read() as conn:
+            rows = await repo.unpublished_outbox(conn)
+        done: list[int] = []
+        try:
+            for row in rows:
+                await self._publisher.publish(row["routing_key"], row["body"])
+                done.append(row["id"])
+        except BrokerUnavailable as e:
+            log.warning("outbox: %s published, %s left for later: %s", len(done), len(rows) - len(done), e)
+        if done:
+            async with self._db.write() as conn:
+                await repo.mark_published(conn, done, self._clock())
+        return len(done)

@@ -1,0 +1,86 @@
+"""Settings, validated by pydantic. Built by the entry points, never at import time.
+
+Every field can be given as a `GPUYARD_<NAME>` environment variable; docs/configuration.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "gpuyard"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPUYARD_", extra="ignore")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the database, job output and tokens live.")
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8765, ge=1, le=65535, description="Port the API listens on.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite+aiosqlite:///DATA_DIR/gpuyard.db."
+    )
+    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ to use.")
+    broker: Literal["auto", "external", "local"] = Field(
+        "auto",
+        description="auto: use AMQP_URL if it answers, else start a private RabbitMQ under DATA_DIR; "
+        "external: AMQP_URL only; local: always a private one.",
+    )
+    local_broker_port: int = Field(5673, ge=1, le=65535, description="Port of the private RabbitMQ.")
+    instance: str | None = Field(
+        None, description="Names this installation's queues on the broker; default: one kept in DATA_DIR."
+    )
+    node_name: str = Field(default_factory=socket.gethostname, description="This worker's node name.")
+    gpu_backend: Literal["auto", "nvml", "nvidia-smi", "fake"] = Field("auto", description="GPU manager.")
+    fake_gpus: int = Field(4, ge=1, le=64, description="How many GPUs the fake backend pretends to have.")
+    fake_gpu_state_file: Path | None = Field(
+        None, description="JSON file of simulated outside processes for the fake backend."
+    )
+    max_parallel_jobs: int = Field(64, ge=1, description="Dispatches a worker takes at once.")
+    default_runtime_s: float = Field(3600.0, gt=0, description="Runtime assumed for jobs with no limit.")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a worker reports its GPUs.")
+    node_lease_s: float = Field(30.0, gt=0, description="A node silent this long is offline.")
+    kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
+    scheduler_tick_s: float = Field(5.0, gt=0, description="Scheduling pass period besides wake-ups.")
+    log_level: str = Field("INFO", description="Python logging level of the services.")
+    ui_port: int = Field(8501, ge=1, le=65535, description="Port of the web UI.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'gpuyard.db'}"
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    def instance_name(self) -> str:
+        """The configured instance, else one made once and kept in DATA_DIR/instance."""
+        if self.instance:
+            return self.instance
+        path = self.data_dir / "instance"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        name = secrets.token_hex(4)
+        path.write_text(name + "\n")
+        return name

@@ -1,0 +1,169 @@
+"""The storage layer against both real databases: SQLite (file, WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gpuyard.adapters.db import jobs_repo, repo
+from gpuyard.adapters.db.engine import Database
+from gpuyard.adapters.db.migrate import migrate
+from gpuyard.domain.errors import UserExists
+from gpuyard.domain.jobs import ACTIVE_STATES, JobState, make_spec
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    database = Database(url)
+    await migrate(database)
+    await migrate(database)  # idempotent
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def add_job(db: Database, user_id: int, *, gpus: int = 1) -> int:
+    async with db.write() as conn:
+        return await jobs_repo.insert_job(
+            conn, spec=make_spec(command=["true"], gpus=gpus), user_id=user_id, now=NOW
+        )
+
+
+async def add_user(db: Database, name: str = "ann") -> int:
+    async with db.write() as conn:
+        return await repo.add_user(conn, name=name, is_admin=False, now=NOW)
+
+
+async def test_users_and_tokens(db: Database) -> None:
+    user_id = await add_user(db)
+    async with db.write() as conn:
+        await repo.add_token(conn, user_id=user_id, token_hash="h" * 64, now=NOW)
+    with pytest.raises(UserExists):
+        await add_user(db)
+    async with db.read() as conn:
+        user = await repo.user_by_token_hash(conn, "h" * 64)
+        assert user is not None and user["name"] == "ann"
+        assert await repo.user_by_token_hash(conn, "x" * 64) is None
+        assert await repo.count_users(conn) == 1
+
+
+async def test_job_round_trip_keeps_aware_utc_times(db: Database) -> None:
+    job_id = await add_job(db, await add_user(db), gpus=2)
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+    assert job is not None
+    assert job["state"] == "queued" and job["gpus"] == 2 and job["user"] == "ann" and job["argv"] == ["true"]
+    assert job["submitted_at"] == NOW and job["submitted_at"].tzinfo is not None
+
+
+async def test_dispatch_is_conditional_and_numbers_attempts(db: Database) -> None:
+    job_id = await add_job(db, await add_user(db))
+    async with db.write() as conn:
+        first = await jobs_repo.dispatch(
+            conn, job_id=job_id, node="n", gpu_indices=[1], gpu_uuids=["u1"], now=NOW
+        )
+        again = await jobs_repo.dispatch(
+            conn, job_id=job_id, node="n", gpu_indices=[2], gpu_uuids=["u2"], now=NOW
+        )
+    assert (first, again) == (1, None), "a job already dispatched cannot be dispatched twice"
+    async with db.read() as conn:
+        (active,) = await jobs_repo.active_attempts(conn)
+        assert active["gpu_indices"] == [1] and active["node"] == "n"
+        assert await jobs_repo.pending_jobs(conn) == []
+
+
+async def test_transitions_are_conditional_on_state_and_attempt(db: Database) -> None:
+    job_id = await add_job(db, await add_user(db))
+    async with db.write() as conn:
+        await jobs_repo.dispatch(conn, job_id=job_id, node="n", gpu_indices=[0], gpu_uuids=["u"], now=NOW)
+        stale = await jobs_repo.transition(
+            conn, job_id=job_id, attempt=7, sources={JobState.DISPATCHED}, target=JobState.RUNNING, now=NOW
+        )
+        ok = await jobs_repo.transition(
+            conn, job_id=job_id, attempt=1, sources={JobState.DISPATCHED}, target=JobState.RUNNING, now=NOW
+        )
+        done = await jobs_repo.transition(
+            conn,
+            job_id=job_id,
+            attempt=1,
+            sources=ACTIVE_STATES,
+            target=JobState.SUCCEEDED,
+            now=NOW,
+            exit_code=0,
+        )
+        late = await jobs_repo.transition(
+            conn, job_id=job_id, attempt=1, sources={JobState.DISPATCHED}, target=JobState.RUNNING, now=NOW
+        )
+    assert (stale, ok, done, late) == (False, True, True, False)
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+    assert job is not None and job["state"] == "succeeded" and job["exit_code"] == 0
+
+
+async def test_log_chunks_are_idempotent_and_read_in_order(db: Database) -> None:
+    job_id = await add_job(db, await add_user(db))
+    chunks = [(0, b"hello "), (6, b"world\n"), (12, b"more\n")]
+    async with db.write() as conn:
+        for offset, data in chunks + chunks[:2]:  # duplicates
+            await repo.add_log_chunk(conn, job_id=job_id, attempt=1, offset=offset, data=data)
+    async with db.read() as conn:
+        assert await repo.read_log(conn, job_id=job_id, attempt=1, offset=0, limit_bytes=1 << 20) == (
+            b"hello world\nmore\n",
+            17,
+        )
+        assert await repo.read_log(conn, job_id=job_id, attempt=1, offset=8, limit_bytes=1 << 20) == (
+            b"rld\nmore\n",
+            17,
+        )
+        assert await repo.read_log(conn, job_id=job_id, attempt=1, offset=17, limit_bytes=1 << 20) == (
+            b"",
+            17,
+        )
+        assert await repo.read_log(conn, job_id=job_id, attempt=2, offset=0, limit_bytes=1 << 20) == (b"", 0)
+
+
+async def test_log_read_stops_at_a_gap(db: Database) -> None:
+    job_id = await add_job(db, await add_user(db))
+    async with db.write() as conn:
+        await repo.add_log_chunk(conn, job_id=job_id, attempt=1, offset=0, data=b"abc")
+        await repo.add_log_chunk(conn, job_id=job_id, attempt=1, offset=10, data=b"later")
+    async with db.read() as conn:
+        assert await repo.read_log(conn, job_id=job_id, attempt=1, offset=0, limit_bytes=100) == (b"abc", 3)
+
+
+async def test_outbox_and_nodes(db: Database) -> None:
+    async with db.write() as conn:
+        first = await repo.add_outbox(conn, routing_key="node.a", body={"x": 1}, now=NOW)
+        await repo.add_outbox(conn, routing_key="node.a", body={"x": 2}, now=NOW)
+        await repo.mark_published(conn, [first], NOW)
+        gpus = [{"index": 0, "uuid": "GPU-0", "outside": []}]
+        assert await repo.upsert_node(conn, name="a", backend="fake", gpus=gpus, now=NOW) is True
+        assert (
+            await repo.upsert_node(conn, name="a", backend="fake", gpus=gpus, now=NOW + timedelta(seconds=1))
+            is False
+        )
+    async with db.read() as conn:
+        assert [r["body"] for r in await repo.unpublished_outbox(conn)] == [{"x": 2}]
+        (node,) = await repo.list_nodes(conn)
+        assert node["last_seen_at"] == NOW + timedelta(seconds=1)
+
+
+async def test_concurrent_writers_do_not_lose_jobs(db: Database) -> None:
+    user_id = await add_user(db)
+    ids = await asyncio.gather(*(add_job(db, user_id) for _ in range(50)))
+    assert len(set(ids)) == 50
+    async with db.read() as conn:
+        assert (await jobs_repo.count_by_state(conn))["queued"] == 50

@@ -35,6 +35,8 @@ T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ACTIVE = ("queued", "dispatched", "running")
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+# What makes `python` (or a conda/venv) in the submitter's shell the one the job runs.
+SHELL_ENV = ("PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "PYTHONPATH")
 
 
 def _client() -> Client:
@@ -77,10 +79,17 @@ def submit(
     ] = None,
     env: Annotated[list[str], typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
     time_limit: Annotated[str | None, typer.Option("--time-limit", "-t", help="e.g. 90s, 30m, 2h.")] = None,
+    shell_env: Annotated[
+        bool,
+        typer.Option(
+            "--shell-env/--no-shell-env",
+            help=f"Pass this shell's {', '.join(SHELL_ENV)} to the job, so `python` is the one you run here.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a training command; prints its id, place in line and estimated start."""
-    env_vars: dict[str, str] = {}
+    env_vars: dict[str, str] = {k: os.environ[k] for k in SHELL_ENV if shell_env and k in os.environ}
     for item in env:
         key, sep, value = item.partition("=")
         if not sep:

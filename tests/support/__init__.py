@@ -1,0 +1,1 @@
+"""Helpers the tests share: private PostgreSQL clusters and the like (see conftest.py)."""

@@ -53,12 +53,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(not set)")
-    print(f"device={device} CUDA_VISIBLE_DEVICES={visible} job={os.environ.get('GPUYARD_JOB_ID', '-')}", flush=True)
+    print(
+        f"device={device} CUDA_VISIBLE_DEVICES={visible} job={os.environ.get('GPUYARD_JOB_ID', '-')}",
+        flush=True,
+    )
 
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target, dtype=torch.long)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=args.seed, stratify=y)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, random_state=args.seed, stratify=y
+    )
     x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
 
     model = nn.Sequential(nn.Linear(64, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 10)).to(device)
@@ -82,8 +87,11 @@ def main() -> None:
         with torch.no_grad():
             accuracy = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
         train_loss = total_loss / len(x_train)
-        print(f"epoch {epoch}/{args.epochs} loss={train_loss:.4f} accuracy={accuracy:.4f} "
-              f"({time.perf_counter() - started:.2f}s)", flush=True)
+        print(
+            f"epoch {epoch}/{args.epochs} loss={train_loss:.4f} accuracy={accuracy:.4f} "
+            f"({time.perf_counter() - started:.2f}s)",
+            flush=True,
+        )
         report(step=epoch, total=args.epochs, loss=train_loss, accuracy=accuracy)
         if writer is not None:
             writer.add_scalar("loss/train", train_loss, epoch)

@@ -21,14 +21,17 @@ METRICS_ENV = "GPUYARD_METRICS_FILE"
 
 
 def _clean(value: Any) -> Any:
+    """A JSON-safe scalar: numbers stay numbers (NaN and infinities become null), the rest a string."""
     if isinstance(value, bool | int | str) or value is None:
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
     try:
-        return float(value)  # numpy and torch scalars
-    except (TypeError, ValueError):
-        return str(value)
+        number = value if isinstance(value, float) else float(value)  # numpy and torch scalars
+    except Exception:  # noqa: BLE001 - whatever a training script hands over, report() must not raise
+        try:
+            return str(value)
+        except Exception:  # noqa: BLE001
+            return None
+    return number if math.isfinite(number) else None
 
 
 def report(*, step: float | None = None, total: float | None = None, **metrics: Any) -> None:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -215,6 +216,9 @@ def test_owner_details_of_a_pid() -> None:
     )
     try:
         assert user_of_pid(child.pid) == ME
+        deadline = time.monotonic() + 10  # until the child has exec'd, /proc shows the parent's command
+        while not (command_of_pid(child.pid) or "").endswith("a-marker") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert (command_of_pid(child.pid) or "").endswith("sys.stdin.read() a-marker")
     finally:
         assert child.stdin is not None

@@ -101,6 +101,8 @@ def parse_command(command: str | Sequence[str]) -> tuple[str, ...]:
             raise InvalidJobSpec("The command is empty: give the program to run, e.g. `python train.py`.")
         if len(command.encode()) > MAX_COMMAND_BYTES:
             raise InvalidJobSpec(f"The command is longer than {MAX_COMMAND_BYTES} bytes: put it in a script.")
+        if "\x00" in command:
+            raise InvalidJobSpec("The command contains a NUL byte, which no shell can run: remove it.")
         return ("/bin/sh", "-c", command)
     argv = tuple(command)
     if not argv or not argv[0].strip():
@@ -112,6 +114,13 @@ def parse_command(command: str | Sequence[str]) -> tuple[str, ...]:
     if any("\x00" in a for a in argv):
         raise InvalidJobSpec("The command contains a NUL byte, which no program can receive: remove it.")
     return argv
+
+
+def default_name(command: str | Sequence[str]) -> str:
+    """The program's name: `train.sh` for ./scripts/train.sh; a shell line keeps its words."""
+    words = command.split(maxsplit=1) if isinstance(command, str) else list(command[:1])
+    first = os.path.basename(words[0].rstrip("/")) or words[0]
+    return " ".join([first, *words[1:]]).strip() if isinstance(command, str) else first
 
 
 def make_spec(
@@ -131,8 +140,9 @@ def make_spec(
     if gpus > MAX_GPUS_PER_JOB:
         raise InvalidJobSpec(f"gpus must be at most {MAX_GPUS_PER_JOB}; ask for fewer GPUs.")
     prio = Priority.parse(priority)
-    clean_name = (name or "").strip() or os.path.basename(argv[-1] if argv[0] == "/bin/sh" else argv[0])
-    clean_name = clean_name[:MAX_NAME_LEN] if name is None else clean_name
+    clean_name = (name or "").strip()
+    if not clean_name:
+        clean_name = default_name(command if isinstance(command, str) else argv)[:MAX_NAME_LEN]
     if len(clean_name) > MAX_NAME_LEN:
         raise InvalidJobSpec(f"The name is longer than {MAX_NAME_LEN} characters: shorten it.")
     if workdir is not None:

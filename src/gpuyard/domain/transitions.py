@@ -11,7 +11,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.DISPATCHED, S.CANCELLED}),
     S.DISPATCHED: frozenset({S.RUNNING, S.QUEUED, S.FAILED, S.CANCELLED, S.LOST, S.SUCCEEDED, S.TIMED_OUT}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.LOST}),
-    S.LOST: frozenset({S.QUEUED, S.FAILED}),
+    S.LOST: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),

@@ -77,7 +77,8 @@ class Estimate:
     """When a waiting job should start, and why it waits: data, never a log line.
 
     `start_at` None means no start can be foreseen (no node fits, or GPUs held outside gpuyard).
-    `blocking_job_id` is the running job whose end the start waits for, where there is one.
+    `blocking_job_id` is the job whose end the start waits for, where there is one: a running job, or one
+    ahead in line that is expected to run first.
     """
 
     job_id: int

@@ -11,7 +11,7 @@ cannot be foreseen at all (its GPUs are held by processes outside gpuyard) does 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gpuyard.scheduling.model import (
@@ -27,6 +27,8 @@ from gpuyard.scheduling.model import (
 
 # A busy GPU whose job is past its expected end is assumed to free a little after now, never at now.
 _OVERDUE_S = 1.0
+# A job holds its GPUs for at least this long in simulated time, so a GPU is never given twice at one instant.
+_MIN_RUNTIME_S = 1.0
 
 
 @dataclass
@@ -61,28 +63,16 @@ def schedule(request: ScheduleRequest) -> Decision:
     now = request.now
     nodes = _build_timeline(request)
     total = sum(n.size for n in nodes)
-    busy_now = sum(1 for n in nodes for g in n.gpus if g.free_at > now)
-    busy_now += sum(n.size - len(n.gpus) for n in nodes)
-    placements: list[Placement] = []
-    estimates: dict[int, Estimate] = {}
     free_now = {n.name: sum(1 for g in n.gpus if g.free_at <= now) for n in nodes}
+    placements: list[Placement] = []
+    # (job, start, reason, id and progress of the job whose end the start waits for)
+    found: list[tuple[PendingJob, datetime | None, WaitReason, tuple[int | None, float | None]]] = []
     floor = now
-    gpus_ahead = 0
-    top_rank_ahead: int | None = None
-    for position, job in enumerate(queue_order(request.pending), start=1):
+    top_rank_ahead = -1
+    for job in queue_order(request.pending):
         fit = _earliest_fit(nodes, job.gpus, floor)
-        common = Estimate(
-            job_id=job.job_id,
-            position=position,
-            start_at=None,
-            reason=WaitReason.NO_NODE_FITS,
-            gpus_total=total,
-            jobs_ahead=position - 1,
-            gpus_ahead=gpus_ahead,
-        )
         if fit is None:
-            reason = _unforeseeable_reason(nodes, job.gpus, request.nodes)
-            estimates[job.job_id] = replace(common, reason=reason)
+            found.append((job, None, _unforeseeable_reason(nodes, job.gpus, request.nodes), (None, None)))
         else:
             start_at, node, chosen = fit
             blocker = max(chosen, key=lambda g: (g.free_at, g.index))
@@ -92,28 +82,37 @@ def schedule(request: ScheduleRequest) -> Decision:
                 reason = WaitReason.STARTING
             elif any(free >= job.gpus for free in free_now.values()):
                 # Enough GPUs are free right now: only the jobs ahead of it hold it back.
-                higher = top_rank_ahead is not None and top_rank_ahead > job.priority_rank
+                higher = top_rank_ahead > job.priority_rank
                 reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher else WaitReason.BEHIND_EARLIER
             else:
                 reason = WaitReason.GPUS_BUSY
-            waits_on_job = blocker.free_at > now and blocker.holder is not None
-            estimates[job.job_id] = replace(
-                common,
-                start_at=start_at,
-                reason=reason,
-                blocking_job_id=blocker.holder if waits_on_job else None,
-                blocking_progress=blocker.holder_progress if waits_on_job else None,
-            )
-            end_at = start_at + timedelta(seconds=expected_runtime_s(job, request.default_runtime_s))
+            waits_on = (blocker.holder, blocker.holder_progress) if blocker.free_at > now else (None, None)
+            found.append((job, start_at, reason, waits_on))
+            runtime_s = max(expected_runtime_s(job, request.default_runtime_s), _MIN_RUNTIME_S)
+            end_at = start_at + timedelta(seconds=runtime_s)
             for gpu in chosen:
                 gpu.free_at, gpu.holder, gpu.holder_progress = end_at, job.job_id, None
             floor = start_at
-        gpus_ahead += job.gpus
-        top_rank_ahead = max(top_rank_ahead or job.priority_rank, job.priority_rank)
+        top_rank_ahead = max(top_rank_ahead, job.priority_rank)
     # Reasons speak of the GPUs as they are once this pass's placements have started.
-    busy = busy_now + sum(len(p.gpu_indices) for p in placements)
-    final = {job_id: replace(e, gpus_busy=busy) for job_id, e in estimates.items()}
-    return Decision(placements=tuple(placements), estimates=final)
+    busy = total - sum(free_now.values())
+    estimates: dict[int, Estimate] = {}
+    gpus_ahead = 0
+    for position, (job, at, reason, (holder, progress)) in enumerate(found, start=1):
+        estimates[job.job_id] = Estimate(
+            job_id=job.job_id,
+            position=position,
+            start_at=at,
+            reason=reason,
+            gpus_busy=busy,
+            gpus_total=total,
+            jobs_ahead=position - 1,
+            gpus_ahead=gpus_ahead,
+            blocking_job_id=holder,
+            blocking_progress=progress,
+        )
+        gpus_ahead += job.gpus
+    return Decision(placements=tuple(placements), estimates=estimates)
 
 
 def _build_timeline(request: ScheduleRequest) -> list[_Node]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from gpuyard.adapters.broker.messages import Cancel
@@ -48,6 +50,42 @@ def wait_info(job: Row, result: PassResult) -> WaitInfo | None:
     )
 
 
+def _new_job_row(job_id: int, user: User, spec: JobSpec, now: datetime) -> Row:
+    """The row a job has right after its insert (what get() would read back)."""
+    row: Row = {
+        "id": job_id,
+        "user_id": user.id,
+        "user": user.name,
+        "name": spec.name,
+        "argv": list(spec.argv),
+        "gpus": spec.gpus,
+        "priority": spec.priority.value,
+        "priority_rank": spec.priority.rank,
+        "workdir": spec.workdir,
+        "env": dict(spec.env),
+        "time_limit_s": spec.time_limit_s,
+        "state": JobState.QUEUED.value,
+        "attempt": 0,
+        "submitted_at": now,
+        "updated_at": now,
+    }
+    for key in (
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "failure_class",
+        "error",
+        "cancel_requested_at",
+        "progress_step",
+        "progress_total",
+        "metrics",
+        "node",
+        "gpu_indices",
+    ):
+        row[key] = None
+    return row
+
+
 class JobService:
     def __init__(
         self, db: Database, scheduler: SchedulerService, publisher: Publisher, *, clock: Clock
@@ -56,21 +94,54 @@ class JobService:
         self._scheduler = scheduler
         self._publisher = publisher
         self._clock = clock
+        self._incoming: list[tuple[User, JobSpec, asyncio.Future[tuple[int, datetime]]]] = []
+        self._inserter: asyncio.Task[None] | None = None
 
     async def submit(self, user: User, spec: JobSpec) -> tuple[Row, WaitInfo | None]:
-        async with self._db.read() as conn:
-            nodes = await repo.list_nodes(conn)
-        largest = max((len(n["gpus"]) for n in nodes), default=None)
+        """Accept a job (it is in the database when this returns) and say where it stands.
+
+        Concurrent submissions share one transaction and one scheduling pass (group commit)."""
+        last = self._scheduler.last or await self._scheduler.run_pass()
+        largest = last.largest_node_gpus
         if largest is not None and spec.gpus > largest:
             raise NoNodeFits(
                 f"No node has {spec.gpus} GPUs (the largest has {largest}): ask for at most {largest} GPUs."
             )
-        async with self._db.write() as conn:
-            job_id = await jobs_repo.insert_job(conn, spec=spec, user_id=user.id, now=self._clock())
+        future: asyncio.Future[tuple[int, datetime]] = asyncio.get_running_loop().create_future()
+        self._incoming.append((user, spec, future))
+        if self._inserter is None or self._inserter.done():
+            self._inserter = asyncio.create_task(self._insert_incoming())
+        job_id, now = await future
         log.info("job %s submitted by %s: %s GPUs, %s", job_id, user.name, spec.gpus, spec.priority.value)
         result = await self._scheduler.run_pass()
-        job = await self.get(user, job_id)
+        job = _new_job_row(job_id, user, spec, now)
+        placed = next((p for p in result.decision.placements if p.job_id == job_id), None)
+        if placed is not None:
+            job.update(
+                state=JobState.DISPATCHED.value,
+                attempt=1,
+                node=placed.node,
+                gpu_indices=list(placed.gpu_indices),
+            )
         return job, wait_info(job, result)
+
+    async def _insert_incoming(self) -> None:
+        while self._incoming:
+            batch, self._incoming = self._incoming, []
+            now = self._clock()
+            try:
+                async with self._db.write() as conn:
+                    ids = await jobs_repo.insert_jobs(
+                        conn, [(spec, user.id) for user, spec, _ in batch], now=now
+                    )
+            except Exception as e:  # every waiting submitter gets the error, none is left hanging
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, _, future), job_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result((job_id, now))
 
     async def get(self, user: User, job_id: int, *, with_attempts: bool = False) -> Row:
         async with self._db.read() as conn:

@@ -31,6 +31,7 @@ class PassResult:
     now: datetime
     decision: Decision
     pending: dict[int, dict[str, Any]]
+    largest_node_gpus: int | None = None
 
 
 def expected_end_at(row: dict[str, Any], *, default_runtime_s: float) -> tuple[datetime, float | None]:
@@ -115,6 +116,11 @@ class SchedulerService:
             self._completed = target
             return self._last
 
+    @property
+    def last(self) -> PassResult | None:
+        """The latest pass's result, if any pass ran."""
+        return self._last
+
     def wake(self) -> None:
         """Ask for a pass soon, without waiting for it."""
         task = asyncio.get_running_loop().create_task(self._safe_pass())
@@ -144,32 +150,30 @@ class SchedulerService:
         decision = schedule(request)
         self.pass_count += 1
         if decision.placements:
-            await self._apply(decision, pending={r["id"]: r for r in pending}, nodes=nodes, now=now)
-            await self.flush_outbox()
-        return PassResult(now, decision, {r["id"]: r for r in pending})
+            rows = await self._apply(decision, nodes=nodes, now=now)
+            await self.flush_outbox(rows)
+        largest = max((len(n["gpus"]) for n in nodes), default=None)
+        return PassResult(now, decision, {r["id"]: r for r in pending}, largest)
 
     async def _apply(
-        self,
-        decision: Decision,
-        *,
-        pending: dict[int, dict[str, Any]],
-        nodes: list[dict[str, Any]],
-        now: datetime,
-    ) -> None:
+        self, decision: Decision, *, nodes: list[dict[str, Any]], now: datetime
+    ) -> list[dict[str, Any]]:
+        """Dispatch the placements in one transaction, each with its outbox row; returns the rows."""
         uuids = {n["name"]: {g["index"]: g["uuid"] for g in n["gpus"]} for n in nodes}
+        outbox_rows: list[dict[str, Any]] = []
         async with self._db.write() as conn:
             for placement in decision.placements:
-                job = pending[placement.job_id]
                 gpu_uuids = [uuids[placement.node][i] for i in placement.gpu_indices]
                 attempt = await jobs_repo.dispatch(
                     conn,
-                    job_id=job["id"],
+                    job_id=placement.job_id,
                     node=placement.node,
                     gpu_indices=placement.gpu_indices,
                     gpu_uuids=gpu_uuids,
                     now=now,
                 )
-                if attempt is None:
+                job = await jobs_repo.get_job(conn, placement.job_id)
+                if attempt is None or job is None:
                     continue  # cancelled since the snapshot
                 body = Dispatch(
                     job_id=job["id"],
@@ -184,7 +188,9 @@ class SchedulerService:
                     time_limit_s=job["time_limit_s"],
                 )
                 key = self._publisher.node_key(placement.node)
-                await repo.add_outbox(conn, routing_key=key, body=body.model_dump(mode="json"), now=now)
+                message = body.model_dump(mode="json")
+                row_id = await repo.add_outbox(conn, routing_key=key, body=message, now=now)
+                outbox_rows.append({"id": row_id, "routing_key": key, "body": message})
                 log.info(
                     "job %s attempt %s dispatched to %s GPUs %s",
                     job["id"],
@@ -192,15 +198,18 @@ class SchedulerService:
                     placement.node,
                     list(placement.gpu_indices),
                 )
+        return outbox_rows
 
-    async def flush_outbox(self) -> int:
-        """Publish what the database holds unpublished; what the broker refuses stays for the next try."""
+    async def flush_outbox(self, rows: list[dict[str, Any]] | None = None) -> int:
+        """Publish outbox rows (default: all the database holds unpublished) and mark them published.
+        What the broker refuses stays for the next try."""
         async with self._outbox_lock:
-            return await self._flush_outbox()
+            if rows is None:
+                async with self._db.read() as conn:
+                    rows = await repo.unpublished_outbox(conn)
+            return await self._publish(rows)
 
-    async def _flush_outbox(self) -> int:
-        async with self._db.read() as conn:
-            rows = await repo.unpublished_outbox(conn)
+    async def _publish(self, rows: list[dict[str, Any]]) -> int:
         done: list[int] = []
         try:
             for row in rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,11 +45,17 @@ class Database:
             ) from e
         if self.is_sqlite:
             _tune_sqlite(self.engine)
+        # SQLite has one writer. Queueing writers here, in order, is far cheaper than letting them
+        # collide on the file lock, where SQLite's busy handler sleeps for up to 100 ms at a time.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        async with self.engine.connect() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            conn = await stack.enter_async_context(self.engine.connect())
             await conn.execution_options(**{_WRITE: True})
             async with conn.begin():
                 yield conn

@@ -27,25 +27,36 @@ def _jobs_query() -> Any:
     )
 
 
+def _job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
+    return {
+        "user_id": user_id,
+        "name": spec.name,
+        "argv": list(spec.argv),
+        "gpus": spec.gpus,
+        "priority": spec.priority.value,
+        "priority_rank": spec.priority.rank,
+        "workdir": spec.workdir,
+        "env": dict(spec.env),
+        "time_limit_s": spec.time_limit_s,
+        "state": JobState.QUEUED.value,
+        "attempt": 0,
+        "submitted_at": now,
+        "updated_at": now,
+    }
+
+
 async def insert_job(conn: AsyncConnection, *, spec: JobSpec, user_id: int, now: datetime) -> int:
-    result = await conn.execute(
-        insert(jobs).values(
-            user_id=user_id,
-            name=spec.name,
-            argv=list(spec.argv),
-            gpus=spec.gpus,
-            priority=spec.priority.value,
-            priority_rank=spec.priority.rank,
-            workdir=spec.workdir,
-            env=dict(spec.env),
-            time_limit_s=spec.time_limit_s,
-            state=JobState.QUEUED.value,
-            attempt=0,
-            submitted_at=now,
-            updated_at=now,
-        )
-    )
+    result = await conn.execute(insert(jobs).values(**_job_values(spec, user_id, now)))
     return int(result.inserted_primary_key[0])
+
+
+async def insert_jobs(
+    conn: AsyncConnection, items: Sequence[tuple[JobSpec, int]], *, now: datetime
+) -> list[int]:
+    """Insert many jobs in one statement; ids come back in the order given."""
+    query = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
+    result = await conn.execute(query, [_job_values(spec, user_id, now) for spec, user_id in items])
+    return [int(job_id) for job_id in result.scalars()]
 
 
 async def get_job(conn: AsyncConnection, job_id: int) -> Row | None:
@@ -80,8 +91,23 @@ async def list_jobs(
 
 
 async def pending_jobs(conn: AsyncConnection) -> list[Row]:
-    query = _jobs_query().where(jobs.c.state == JobState.QUEUED.value).order_by(jobs.c.id)
-    return [dict(r) for r in (await conn.execute(query)).mappings()]
+    """The wait line as the policy needs it: light columns only (no command, no environment)."""
+    query = (
+        select(
+            jobs.c.id,
+            jobs.c.gpus,
+            jobs.c.priority_rank,
+            jobs.c.time_limit_s,
+            jobs.c.name,
+            jobs.c.priority,
+            jobs.c.submitted_at,
+            users.c.name.label("user"),
+        )
+        .join(users, users.c.id == jobs.c.user_id)
+        .where(jobs.c.state == JobState.QUEUED.value)
+        .order_by(jobs.c.id)
+    )
+    return [r._asdict() for r in (await conn.execute(query))]
 
 
 async def active_attempts(conn: AsyncConnection) -> list[Row]:

@@ -61,6 +61,8 @@ def parse_duration(text: str) -> int:
     """'90', '90s', '30m', '2h', '1d', '1h30m' → seconds. Raises ValueError with what to write."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     text = text.strip().lower()
+    if not text:
+        raise ValueError(f"Cannot read the duration {text!r}: write e.g. 90, 90s, 30m, 2h or 1h30m.")
     if text.isdigit():
         return int(text)
     total, number = 0, ""

@@ -28,7 +28,8 @@ user_app = typer.Typer(help="Users and their tokens.", no_args_is_help=True)
 admin_app.add_typer(user_app, name="user")
 app.add_typer(admin_app, name="admin")
 
-out = Console(highlight=False)
+# Piped output is not wrapped at 80 columns: a script or a pager gets whole lines.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 

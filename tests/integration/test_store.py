@@ -78,7 +78,8 @@ async def test_dispatch_is_conditional_and_numbers_attempts(db: Database) -> Non
         again = await jobs_repo.dispatch(
             conn, job_id=job_id, node="n", gpu_indices=[2], gpu_uuids=["u2"], now=NOW
         )
-    assert (first, again) == (1, None), "a job already dispatched cannot be dispatched twice"
+    assert first is not None and first["attempt"] == 1 and first["argv"] == ["true"]
+    assert again is None, "a job already dispatched cannot be dispatched twice"
     async with db.read() as conn:
         (active,) = await jobs_repo.active_attempts(conn)
         assert active["gpu_indices"] == [1] and active["node"] == "n"
@@ -150,11 +151,11 @@ async def test_outbox_and_nodes(db: Database) -> None:
         await repo.add_outbox(conn, routing_key="node.a", body={"x": 2}, now=NOW)
         await repo.mark_published(conn, [first], NOW)
         gpus = [{"index": 0, "uuid": "GPU-0", "outside": []}]
-        assert await repo.upsert_node(conn, name="a", backend="fake", gpus=gpus, now=NOW) is True
-        assert (
-            await repo.upsert_node(conn, name="a", backend="fake", gpus=gpus, now=NOW + timedelta(seconds=1))
-            is False
-        )
+        row, changed = await repo.upsert_node(conn, name="a", backend="fake", gpus=gpus, now=NOW)
+        assert changed is True and row["gpus"] == gpus
+        later = NOW + timedelta(seconds=1)
+        row, changed = await repo.upsert_node(conn, name="a", backend="fake", gpus=gpus, now=later)
+        assert changed is False and row["last_seen_at"] == later and row["first_seen_at"] == NOW
     async with db.read() as conn:
         assert [r["body"] for r in await repo.unpublished_outbox(conn)] == [{"x": 2}]
         (node,) = await repo.list_nodes(conn)

@@ -21,7 +21,7 @@ from gpuyard.scheduling.model import (
     ScheduleRequest,
     WaitReason,
 )
-from gpuyard.scheduling.policy import schedule
+from gpuyard.scheduling.policy import Timeline, extend, schedule
 
 R = WaitReason
 NOW = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
@@ -89,12 +89,12 @@ def test_four_free_gpus_six_jobs_fill_gpus_in_order_and_the_rest_wait() -> None:
     assert d.placements == tuple(Placement(i, "a", (i - 1,)) for i in range(1, 5))
     for i in range(1, 5):
         e = d.estimates[i]
-        assert (e.position, e.start_at, e.reason) == (i, NOW, R.STARTING)
+        assert (e.position, e.start_at, e.reason) == (0, NOW, R.STARTING)  # no longer in line
     # The earliest expected ends among the jobs just started: job 1 at +100, job 2 at +200.
     e5, e6 = d.estimates[5], d.estimates[6]
-    assert (e5.position, e5.start_at, e5.reason, e5.blocking_job_id) == (5, at(100), R.GPUS_BUSY, 1)
-    assert (e6.position, e6.start_at, e6.reason, e6.blocking_job_id) == (6, at(200), R.GPUS_BUSY, 2)
-    assert (e5.gpus_busy, e5.gpus_total, e5.jobs_ahead, e5.gpus_ahead) == (4, 4, 4, 4)
+    assert (e5.position, e5.start_at, e5.reason, e5.blocking_job_id) == (1, at(100), R.GPUS_BUSY, 1)
+    assert (e6.position, e6.start_at, e6.reason, e6.blocking_job_id) == (2, at(200), R.GPUS_BUSY, 2)
+    assert (e5.gpus_busy, e5.gpus_total, e5.jobs_ahead, e5.gpus_ahead) == (4, 4, 0, 0)
 
 
 def test_six_jobs_without_limits_wait_for_the_default_runtime() -> None:
@@ -143,6 +143,7 @@ def test_a_later_high_priority_job_goes_first_and_fifo_holds_within_a_priority()
     ]
     d = schedule(request(nodes=[node("a", 1)], pending=pending, run=[running(90, "a", (0,), 60)]))
     order = sorted(d.estimates.values(), key=lambda e: e.position)
+    assert [e.position for e in order] == [1, 2, 3, 4, 5]
     assert [e.job_id for e in order] == [3, 5, 1, 2, 4]
     assert [e.start_at for e in order] == [at(60 + 3600 * k) for k in range(5)]
 
@@ -151,14 +152,14 @@ def test_fifo_uses_submission_order_not_job_id() -> None:
     pending = [job(10, seq=3), job(11, seq=1), job(12, seq=2)]
     d = schedule(request(nodes=[node("a", 1)], pending=pending))
     assert placed(d) == {11: ("a", (0,))}
-    assert [d.estimates[j].position for j in (11, 12, 10)] == [1, 2, 3]
+    assert [d.estimates[j].position for j in (11, 12, 10)] == [0, 1, 2]
 
 
 def test_a_high_priority_job_takes_the_free_gpu_ahead_of_an_earlier_normal_one() -> None:
     d = schedule(request(nodes=[node("a", 1)], pending=[job(1, prio=NORMAL), job(2, prio=URGENT)]))
     assert placed(d) == {2: ("a", (0,))}
     assert d.estimates[1].reason is R.GPUS_BUSY
-    assert d.estimates[1].position == 2
+    assert (d.estimates[2].position, d.estimates[1].position) == (0, 1)
 
 
 def test_a_job_held_back_by_a_waiting_higher_priority_job_says_so() -> None:
@@ -492,12 +493,15 @@ def check_starts_never_go_down(req: ScheduleRequest, d: Decision) -> None:
 
 
 def check_one_estimate_each_in_line_order(req: ScheduleRequest, d: Decision) -> None:
-    """(e) Every pending job has exactly one estimate; positions are 1..n in line order."""
+    """(e) Every pending job has exactly one estimate; the jobs that wait are numbered 1..n in line order,
+    those that start now have position 0."""
     assert set(d.estimates) == {j.job_id for j in req.pending}
-    assert [d.estimates[j.job_id].position for j in queue(req)] == list(range(1, len(req.pending) + 1))
+    waiting = [j for j in queue(req) if d.estimates[j.job_id].reason is not WaitReason.STARTING]
+    assert [d.estimates[j.job_id].position for j in waiting] == list(range(1, len(waiting) + 1))
     for job_id, e in d.estimates.items():
         assert e.job_id == job_id
-        assert e.jobs_ahead == e.position - 1
+        assert (e.position == 0) == (e.reason is WaitReason.STARTING)
+        assert e.jobs_ahead == max(e.position - 1, 0)
         assert 0 <= e.gpus_busy <= e.gpus_total
 
 
@@ -551,3 +555,24 @@ def test_policy_invariants(req: ScheduleRequest, rnd: random.Random) -> None:
         schedule(ScheduleRequest(req.now, tuple(shuffled), req.running, req.nodes, req.default_runtime_s))
         == d
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests(), _PENDING)
+def test_extending_the_line_agrees_with_a_full_pass(req: ScheduleRequest, newcomer: tuple) -> None:
+    """A job that joins the end of the line gets from `extend` exactly what a full pass would give it."""
+    gpus, prio, limit = newcomer
+    new = job(999, gpus=gpus, prio=prio, limit=limit, seq=10_000)
+    timeline = schedule(req).timeline
+    assert isinstance(timeline, Timeline)
+    quick = extend(timeline, new)
+    full = schedule(
+        ScheduleRequest(req.now, (*req.pending, new), req.running, req.nodes, req.default_runtime_s)
+    )
+    if quick is None:
+        # Only when it would not go last, or could start now (then the pass must place it).
+        lowest = min((j.priority_rank for j in req.pending), default=None)
+        starts_now = full.estimates[999].start_at == req.now
+        assert starts_now or (lowest is not None and prio > lowest)
+    else:
+        assert quick == full.estimates[999]

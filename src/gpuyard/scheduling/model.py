@@ -76,6 +76,7 @@ class Placement:
 class Estimate:
     """When a waiting job should start, and why it waits: data, never a log line.
 
+    `position` counts the jobs that wait (1 is next); a job that starts in this pass has position 0.
     `start_at` None means no start can be foreseen (no node fits, or GPUs held outside gpuyard).
     `blocking_job_id` is the job whose end the start waits for, where there is one: a running job, or one
     ahead in line that is expected to run first.
@@ -97,3 +98,5 @@ class Estimate:
 class Decision:
     placements: tuple[Placement, ...]
     estimates: dict[int, Estimate] = field(default_factory=dict)
+    # The pass's simulation at the end of the line (a policy.Timeline), for estimating newcomers.
+    timeline: object | None = field(default=None, compare=False, repr=False)

@@ -59,60 +59,120 @@ def expected_runtime_s(job: PendingJob, default_runtime_s: float) -> float:
     return default_runtime_s
 
 
-def schedule(request: ScheduleRequest) -> Decision:
-    now = request.now
-    nodes = _build_timeline(request)
-    total = sum(n.size for n in nodes)
-    free_now = {n.name: sum(1 for g in n.gpus if g.free_at <= now) for n in nodes}
-    placements: list[Placement] = []
-    # (job, start, reason, id and progress of the job whose end the start waits for)
-    found: list[tuple[PendingJob, datetime | None, WaitReason, tuple[int | None, float | None]]] = []
-    floor = now
-    top_rank_ahead = -1
-    for job in queue_order(request.pending):
-        fit = _earliest_fit(nodes, job.gpus, floor)
-        if fit is None:
-            found.append((job, None, _unforeseeable_reason(nodes, job.gpus, request.nodes), (None, None)))
-        else:
-            start_at, node, chosen = fit
-            blocker = max(chosen, key=lambda g: (g.free_at, g.index))
-            if start_at == now:
-                placements.append(Placement(job.job_id, node.name, tuple(sorted(g.index for g in chosen))))
-                free_now[node.name] -= job.gpus
-                reason = WaitReason.STARTING
-            elif any(free >= job.gpus for free in free_now.values()):
-                # Enough GPUs are free right now: only the jobs ahead of it hold it back.
-                higher = top_rank_ahead > job.priority_rank
-                reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher else WaitReason.BEHIND_EARLIER
-            else:
-                reason = WaitReason.GPUS_BUSY
-            waits_on = (blocker.holder, blocker.holder_progress) if blocker.free_at > now else (None, None)
-            found.append((job, start_at, reason, waits_on))
-            runtime_s = max(expected_runtime_s(job, request.default_runtime_s), _MIN_RUNTIME_S)
-            end_at = start_at + timedelta(seconds=runtime_s)
-            for gpu in chosen:
-                gpu.free_at, gpu.holder, gpu.holder_progress = end_at, job.job_id, None
-            floor = start_at
-        top_rank_ahead = max(top_rank_ahead, job.priority_rank)
-    # Reasons speak of the GPUs as they are once this pass's placements have started.
-    busy = total - sum(free_now.values())
-    estimates: dict[int, Estimate] = {}
-    gpus_ahead = 0
-    for position, (job, at, reason, (holder, progress)) in enumerate(found, start=1):
-        estimates[job.job_id] = Estimate(
-            job_id=job.job_id,
-            position=position,
-            start_at=at,
-            reason=reason,
-            gpus_busy=busy,
-            gpus_total=total,
-            jobs_ahead=position - 1,
-            gpus_ahead=gpus_ahead,
-            blocking_job_id=holder,
-            blocking_progress=progress,
+@dataclass(frozen=True)
+class _Step:
+    job: PendingJob
+    position: int
+    gpus_ahead: int
+    start_at: datetime | None
+    reason: WaitReason
+    waits_on: int | None
+    waits_on_progress: float | None
+
+
+class Timeline:
+    """The simulation of one pass: every GPU's free time once the jobs added so far (in line order) run.
+
+    After a pass it is the state at the end of the line, so a job that joins the end can be estimated
+    from it (`extend`) without simulating the whole line again.
+    """
+
+    def __init__(self, request: ScheduleRequest) -> None:
+        self.now = request.now
+        self.default_runtime_s = request.default_runtime_s
+        self.views = request.nodes
+        self.nodes = _build_timeline(request)
+        self.total = sum(n.size for n in self.nodes)
+        self.free_now = {n.name: sum(1 for g in n.gpus if g.free_at <= self.now) for n in self.nodes}
+        self.placements: list[Placement] = []
+        self.floor = self.now
+        self.top_rank = -1
+        self.lowest_rank: int | None = None
+        self.count = 0
+        self.gpus_ahead = 0
+
+    @property
+    def busy(self) -> int:
+        """GPUs busy once this pass's placements have started (outside-held ones included)."""
+        return self.total - sum(self.free_now.values())
+
+    def add(self, job: PendingJob) -> _Step:
+        """Simulate the next job in line: the earliest start at which it fits, never before the one ahead."""
+        fit = _earliest_fit(self.nodes, job.gpus, self.floor)
+        starts_now = fit is not None and fit[0] == self.now
+        # Positions count the jobs that wait: one that starts in this pass is no longer in line (0).
+        position, gpus_ahead = (0, 0) if starts_now else (self.count + 1, self.gpus_ahead)
+        if not starts_now:
+            self.count += 1
+            self.gpus_ahead += job.gpus
+        higher_ahead = self.top_rank > job.priority_rank
+        self.top_rank = max(self.top_rank, job.priority_rank)
+        self.lowest_rank = (
+            job.priority_rank if self.lowest_rank is None else min(self.lowest_rank, job.priority_rank)
         )
-        gpus_ahead += job.gpus
-    return Decision(placements=tuple(placements), estimates=estimates)
+        if fit is None:
+            reason = _unforeseeable_reason(self.nodes, job.gpus, self.views)
+            return _Step(job, position, gpus_ahead, None, reason, None, None)
+        start_at, node, chosen = fit
+        blocker = max(chosen, key=lambda g: (g.free_at, g.index))
+        if start_at == self.now:
+            self.placements.append(Placement(job.job_id, node.name, tuple(sorted(g.index for g in chosen))))
+            self.free_now[node.name] -= job.gpus
+            reason = WaitReason.STARTING
+        elif any(free >= job.gpus for free in self.free_now.values()):
+            # Enough GPUs are free right now: only the jobs ahead of it hold it back.
+            reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher_ahead else WaitReason.BEHIND_EARLIER
+        else:
+            reason = WaitReason.GPUS_BUSY
+        waits = blocker.free_at > self.now
+        step = _Step(
+            job,
+            position,
+            gpus_ahead,
+            start_at,
+            reason,
+            blocker.holder if waits else None,
+            blocker.holder_progress if waits else None,
+        )
+        runtime_s = max(expected_runtime_s(job, self.default_runtime_s), _MIN_RUNTIME_S)
+        end_at = start_at + timedelta(seconds=runtime_s)
+        for gpu in chosen:
+            gpu.free_at, gpu.holder, gpu.holder_progress = end_at, job.job_id, None
+        self.floor = start_at
+        return step
+
+    def estimate(self, step: _Step) -> Estimate:
+        return Estimate(
+            job_id=step.job.job_id,
+            position=step.position,
+            start_at=step.start_at,
+            reason=step.reason,
+            gpus_busy=self.busy,
+            gpus_total=self.total,
+            jobs_ahead=max(step.position - 1, 0),
+            gpus_ahead=step.gpus_ahead,
+            blocking_job_id=step.waits_on,
+            blocking_progress=step.waits_on_progress,
+        )
+
+
+def schedule(request: ScheduleRequest) -> Decision:
+    timeline = Timeline(request)
+    steps = [timeline.add(job) for job in queue_order(request.pending)]
+    estimates = {step.job.job_id: timeline.estimate(step) for step in steps}
+    return Decision(placements=tuple(timeline.placements), estimates=estimates, timeline=timeline)
+
+
+def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
+    """The estimate of a job that joins the end of the line (submitted after every job in it, at the same
+    or a lower priority), from a pass's timeline. None when it does not go last, or when it could start at
+    once: then only a real pass may place it."""
+    if timeline.lowest_rank is not None and job.priority_rank > timeline.lowest_rank:
+        return None
+    fit = _earliest_fit(timeline.nodes, job.gpus, timeline.floor)
+    if fit is not None and fit[0] <= timeline.now:
+        return None
+    return timeline.estimate(timeline.add(job))
 
 
 def _build_timeline(request: ScheduleRequest) -> list[_Node]:

@@ -59,9 +59,10 @@ class EventService:
     async def _heartbeat(self, event: Heartbeat) -> None:
         gpus = [g.model_dump(mode="json") for g in event.gpus]
         async with self._db.write() as conn:
-            changed = await repo.upsert_node(
+            node, changed = await repo.upsert_node(
                 conn, name=event.node, backend=event.backend, gpus=gpus, now=self._clock()
             )
+        self._scheduler.note_node(node)
         if changed:
             log.info("node %s reports %s GPUs (%s)", event.node, len(gpus), event.backend)
             self._scheduler.wake()

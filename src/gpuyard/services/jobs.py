@@ -14,7 +14,7 @@ from gpuyard.adapters.db.engine import Database
 from gpuyard.domain.errors import InvalidTransition, JobNotFound, NoNodeFits, PermissionDenied
 from gpuyard.domain.jobs import JobSpec, JobState
 from gpuyard.scheduling.explain import explain
-from gpuyard.scheduling.model import Estimate
+from gpuyard.scheduling.model import Estimate, PendingJob
 from gpuyard.services.auth import User
 from gpuyard.services.ports import Clock, Publisher
 from gpuyard.services.scheduler import PassResult, SchedulerService
@@ -35,19 +35,30 @@ class WaitInfo:
 
 def wait_info(job: Row, result: PassResult) -> WaitInfo | None:
     """Where a waiting (or just placed) job stands, from a scheduling pass."""
-    estimate: Estimate | None = result.decision.estimates.get(job["id"])
-    if estimate is None:
-        return None
+    estimate = result.decision.estimates.get(job["id"])
+    return None if estimate is None else describe_wait(estimate, gpus=job["gpus"], now=result.now)
+
+
+def describe_wait(estimate: Estimate, *, gpus: int, now: datetime) -> WaitInfo:
     wait_s = None
     if estimate.start_at is not None:
-        wait_s = max(0.0, (estimate.start_at - result.now).total_seconds())
+        wait_s = max(0.0, (estimate.start_at - now).total_seconds())
     return WaitInfo(
         position=estimate.position,
         estimated_start_at=estimate.start_at,
         estimated_wait_s=wait_s,
         reason=estimate.reason.value,
-        reason_text=explain(estimate, gpus=job["gpus"], now=result.now),
+        reason_text=explain(estimate, gpus=gpus, now=now),
     )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A submission in the database: its id, when, and its estimate where no pass was needed."""
+
+    job_id: int
+    now: datetime
+    estimate: Estimate | None
 
 
 def _new_job_row(job_id: int, user: User, spec: JobSpec, now: datetime) -> Row:
@@ -94,7 +105,7 @@ class JobService:
         self._scheduler = scheduler
         self._publisher = publisher
         self._clock = clock
-        self._incoming: list[tuple[User, JobSpec, asyncio.Future[tuple[int, datetime]]]] = []
+        self._incoming: list[tuple[User, JobSpec, asyncio.Future[Accepted]]] = []
         self._inserter: asyncio.Task[None] | None = None
 
     async def submit(self, user: User, spec: JobSpec) -> tuple[Row, WaitInfo | None]:
@@ -107,15 +118,19 @@ class JobService:
             raise NoNodeFits(
                 f"No node has {spec.gpus} GPUs (the largest has {largest}): ask for at most {largest} GPUs."
             )
-        future: asyncio.Future[tuple[int, datetime]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._incoming.append((user, spec, future))
         if self._inserter is None or self._inserter.done():
             self._inserter = asyncio.create_task(self._insert_incoming())
-        job_id, now = await future
-        log.info("job %s submitted by %s: %s GPUs, %s", job_id, user.name, spec.gpus, spec.priority.value)
+        accepted = await future
+        log.info(
+            "job %s submitted by %s: %s GPUs, %s", accepted.job_id, user.name, spec.gpus, spec.priority.value
+        )
+        job = _new_job_row(accepted.job_id, user, spec, accepted.now)
+        if accepted.estimate is not None:
+            return job, describe_wait(accepted.estimate, gpus=spec.gpus, now=accepted.now)
         result = await self._scheduler.run_pass()
-        job = _new_job_row(job_id, user, spec, now)
-        placed = next((p for p in result.decision.placements if p.job_id == job_id), None)
+        placed = next((p for p in result.decision.placements if p.job_id == accepted.job_id), None)
         if placed is not None:
             job.update(
                 state=JobState.DISPATCHED.value,
@@ -126,6 +141,8 @@ class JobService:
         return job, wait_info(job, result)
 
     async def _insert_incoming(self) -> None:
+        """Insert what was submitted meanwhile in one transaction; estimate the newcomers from the last
+        pass's timeline where they simply join the end of the line."""
         while self._incoming:
             batch, self._incoming = self._incoming, []
             now = self._clock()
@@ -139,9 +156,14 @@ class JobService:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for (_, _, future), job_id in zip(batch, ids, strict=True):
+            newcomers = [
+                PendingJob(job_id, job_id, spec.gpus, spec.priority.rank, user.name, spec.time_limit_s)
+                for (user, spec, _), job_id in zip(batch, ids, strict=True)
+            ]
+            estimates = self._scheduler.try_extend(newcomers, now=now)
+            for i, ((_, _, future), job_id) in enumerate(zip(batch, ids, strict=True)):
                 if not future.done():
-                    future.set_result((job_id, now))
+                    future.set_result(Accepted(job_id, now, estimates[i] if estimates else None))
 
     async def get(self, user: User, job_id: int, *, with_attempts: bool = False) -> Row:
         async with self._db.read() as conn:

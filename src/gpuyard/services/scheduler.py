@@ -16,8 +16,16 @@ from gpuyard.adapters.broker.messages import Dispatch
 from gpuyard.adapters.db import jobs_repo, repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.domain.errors import BrokerUnavailable
-from gpuyard.scheduling.model import Decision, GpuSlot, NodeView, PendingJob, RunningJob, ScheduleRequest
-from gpuyard.scheduling.policy import schedule
+from gpuyard.scheduling.model import (
+    Decision,
+    Estimate,
+    GpuSlot,
+    NodeView,
+    PendingJob,
+    RunningJob,
+    ScheduleRequest,
+)
+from gpuyard.scheduling.policy import Timeline, extend, schedule
 from gpuyard.services.ports import Clock, Publisher
 
 log = logging.getLogger(__name__)
@@ -91,16 +99,23 @@ class SchedulerService:
         clock: Clock,
         default_runtime_s: float,
         node_lease_s: float,
+        max_extend_age_s: float = 5.0,
     ) -> None:
         self._db = db
         self._publisher = publisher
         self._clock = clock
         self._default_runtime_s = default_runtime_s
         self._node_lease_s = node_lease_s
+        self._max_extend_age_s = max_extend_age_s
         self._lock = asyncio.Lock()
         self._requested = 0
         self._completed = 0
         self._last: PassResult | None = None
+        # The last pass's timeline, for estimating newcomers at the end of the line without a pass;
+        # stale once anything else changed (a job ended, a node changed, a submission it missed).
+        self._timeline: Timeline | None = None
+        self._stale = True
+        self._nodes: dict[str, dict[str, Any]] | None = None
         self._outbox_lock = asyncio.Lock()
         self._wake_tasks: set[asyncio.Task[Any]] = set()
         self.pass_count = 0
@@ -121,8 +136,32 @@ class SchedulerService:
         """The latest pass's result, if any pass ran."""
         return self._last
 
+    def try_extend(self, jobs: list[PendingJob], *, now: datetime) -> list[Estimate] | None:
+        """Estimates for jobs just accepted (in submission order) that join the end of the line, from the
+        last pass's timeline. None when a real pass is needed (then the timeline is stale)."""
+        if self._timeline is None or self._stale or self._lock.locked():
+            self._stale = True
+            return None
+        if (now - self._timeline.now).total_seconds() > self._max_extend_age_s:
+            self._stale = True
+            return None
+        estimates = []
+        for job in jobs:
+            estimate = extend(self._timeline, job)
+            if estimate is None:
+                self._stale = True
+                return None
+            estimates.append(estimate)
+        return estimates
+
+    def note_node(self, node: dict[str, Any]) -> None:
+        """A node's heartbeat was recorded (the controller writes nodes, so it can keep them in memory)."""
+        if self._nodes is not None:
+            self._nodes[node["name"]] = node
+
     def wake(self) -> None:
-        """Ask for a pass soon, without waiting for it."""
+        """Something changed: ask for a pass soon, without waiting for it."""
+        self._stale = True
         task = asyncio.get_running_loop().create_task(self._safe_pass())
         self._wake_tasks.add(task)
         task.add_done_callback(self._wake_tasks.discard)
@@ -134,11 +173,14 @@ class SchedulerService:
             log.exception("scheduling pass failed")
 
     async def _pass(self) -> PassResult:
+        self._stale = False  # what changes from here on (a submission, an event) makes it stale again
         now = self._clock()
         async with self._db.read() as conn:
             pending = await jobs_repo.pending_jobs(conn)
             active = await jobs_repo.active_attempts(conn)
-            nodes = await repo.list_nodes(conn)
+            if self._nodes is None:
+                self._nodes = {n["name"]: n for n in await repo.list_nodes(conn)}
+        nodes = sorted(self._nodes.values(), key=lambda n: str(n["name"]))
         request = build_request(
             now=now,
             pending=pending,
@@ -149,14 +191,21 @@ class SchedulerService:
         )
         decision = schedule(request)
         self.pass_count += 1
+        self._timeline = decision.timeline if isinstance(decision.timeline, Timeline) else None
+        waiting = {r["id"]: r for r in pending}
         if decision.placements:
-            rows = await self._apply(decision, nodes=nodes, now=now)
+            rows = await self._apply(decision, pending=waiting, nodes=nodes, now=now)
             await self.flush_outbox(rows)
         largest = max((len(n["gpus"]) for n in nodes), default=None)
-        return PassResult(now, decision, {r["id"]: r for r in pending}, largest)
+        return PassResult(now, decision, waiting, largest)
 
     async def _apply(
-        self, decision: Decision, *, nodes: list[dict[str, Any]], now: datetime
+        self,
+        decision: Decision,
+        *,
+        pending: dict[int, dict[str, Any]],
+        nodes: list[dict[str, Any]],
+        now: datetime,
     ) -> list[dict[str, Any]]:
         """Dispatch the placements in one transaction, each with its outbox row; returns the rows."""
         uuids = {n["name"]: {g["index"]: g["uuid"] for g in n["gpus"]} for n in nodes}
@@ -164,7 +213,7 @@ class SchedulerService:
         async with self._db.write() as conn:
             for placement in decision.placements:
                 gpu_uuids = [uuids[placement.node][i] for i in placement.gpu_indices]
-                attempt = await jobs_repo.dispatch(
+                job = await jobs_repo.dispatch(
                     conn,
                     job_id=placement.job_id,
                     node=placement.node,
@@ -172,14 +221,14 @@ class SchedulerService:
                     gpu_uuids=gpu_uuids,
                     now=now,
                 )
-                job = await jobs_repo.get_job(conn, placement.job_id)
-                if attempt is None or job is None:
+                if job is None:
                     continue  # cancelled since the snapshot
+                attempt = job["attempt"]
                 body = Dispatch(
-                    job_id=job["id"],
+                    job_id=placement.job_id,
                     attempt=attempt,
                     name=job["name"],
-                    user=job["user"],
+                    user=pending[placement.job_id]["user"],
                     argv=job["argv"],
                     workdir=job["workdir"],
                     env=job["env"],
@@ -193,7 +242,7 @@ class SchedulerService:
                 outbox_rows.append({"id": row_id, "routing_key": key, "body": message})
                 log.info(
                     "job %s attempt %s dispatched to %s GPUs %s",
-                    job["id"],
+                    placement.job_id,
                     attempt,
                     placement.node,
                     list(placement.gpu_indices),

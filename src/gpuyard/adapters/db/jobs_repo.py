@@ -135,17 +135,19 @@ async def dispatch(
     gpu_indices: Sequence[int],
     gpu_uuids: Sequence[str],
     now: datetime,
-) -> int | None:
-    """queued → dispatched with a new attempt. Returns the attempt number, or None if the job moved on."""
+) -> Row | None:
+    """queued → dispatched with a new attempt. Returns what the worker needs (attempt, argv, env, ...),
+    or None if the job moved on."""
     result = await conn.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value)
         .values(state=JobState.DISPATCHED.value, attempt=jobs.c.attempt + 1, updated_at=now)
-        .returning(jobs.c.attempt)
+        .returning(jobs.c.attempt, jobs.c.name, jobs.c.argv, jobs.c.workdir, jobs.c.env, jobs.c.time_limit_s)
     )
-    number = result.scalar_one_or_none()
-    if number is None:
+    row = result.mappings().first()
+    if row is None:
         return None
+    number = row["attempt"]
     await conn.execute(
         insert(attempts).values(
             job_id=job_id,
@@ -156,7 +158,7 @@ async def dispatch(
             dispatched_at=now,
         )
     )
-    return int(number)
+    return dict(row)
 
 
 async def transition(

@@ -64,20 +64,16 @@ async def count_users(conn: AsyncConnection) -> int:
 
 async def upsert_node(
     conn: AsyncConnection, *, name: str, backend: str, gpus: list[Row], now: datetime
-) -> bool:
-    """Record a heartbeat. Returns True when the node is new or its GPUs changed."""
+) -> tuple[Row, bool]:
+    """Record a heartbeat. Returns the node's row and whether it is new or its GPUs changed."""
     current = (await conn.execute(select(nodes).where(nodes.c.name == name))).mappings().first()
+    values = {"name": name, "backend": backend, "gpus": gpus, "last_seen_at": now}
     if current is None:
-        await conn.execute(
-            insert(nodes).values(
-                name=name, backend=backend, gpus=gpus, first_seen_at=now, last_seen_at=now, draining=False
-            )
-        )
-        return True
-    await conn.execute(
-        update(nodes).where(nodes.c.name == name).values(backend=backend, gpus=gpus, last_seen_at=now)
-    )
-    return _gpu_shape(current["gpus"]) != _gpu_shape(gpus)
+        row = {**values, "first_seen_at": now, "draining": False}
+        await conn.execute(insert(nodes).values(**row))
+        return row, True
+    await conn.execute(update(nodes).where(nodes.c.name == name).values(**values))
+    return {**current, **values}, _gpu_shape(current["gpus"]) != _gpu_shape(gpus)
 
 
 def _gpu_shape(gpus: list[Row]) -> list[tuple[Any, ...]]:

@@ -54,6 +54,12 @@ else:
     fi
 fi
 
+if [[ $# -eq 0 ]]; then
+    say "static checks: ruff, mypy --strict"
+    "$PY" -m ruff check src tests bench examples || die "ruff found problems (see above)"
+    "$PY" -m mypy || die "mypy found type errors (see above)"
+fi
+
 status=0
 "$PY" -m pytest -q -p no:cacheprovider -x --durations=15 "${@:-tests}" || status=$?
 if [[ $status -eq 5 ]]; then

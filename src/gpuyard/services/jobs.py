@@ -175,7 +175,7 @@ class JobService:
                 job["attempts"] = await jobs_repo.get_attempts(conn, job_id)
         return job
 
-    async def list(
+    async def list_jobs(
         self, user: User, *, states: list[str], owner: str | None, before_id: int | None, limit: int
     ) -> list[Row]:
         if not user.is_admin:

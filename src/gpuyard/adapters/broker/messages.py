@@ -96,12 +96,15 @@ class Progress(_Message):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
+Outcome = Literal["succeeded", "failed", "cancelled", "timed_out"]
+
+
 class Finished(_Message):
     type: Literal["finished"] = "finished"
     job_id: int
     attempt: int
     node: str
-    outcome: Literal["succeeded", "failed", "cancelled", "timed_out"]
+    outcome: Outcome
     failure_class: str | None = None
     exit_code: int | None = None
     signal: int | None = None

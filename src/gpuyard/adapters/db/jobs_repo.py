@@ -46,8 +46,8 @@ def _job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
 
 
 async def insert_job(conn: AsyncConnection, *, spec: JobSpec, user_id: int, now: datetime) -> int:
-    result = await conn.execute(insert(jobs).values(**_job_values(spec, user_id, now)))
-    return int(result.inserted_primary_key[0])
+    query = insert(jobs).values(**_job_values(spec, user_id, now)).returning(jobs.c.id)
+    return int((await conn.execute(query)).scalar_one())
 
 
 async def insert_jobs(

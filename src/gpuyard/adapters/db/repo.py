@@ -28,10 +28,11 @@ def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
 async def add_user(conn: AsyncConnection, *, name: str, is_admin: bool, now: datetime) -> int:
     try:
         async with conn.begin_nested():
-            result = await conn.execute(insert(users).values(name=name, is_admin=is_admin, created_at=now))
+            query = insert(users).values(name=name, is_admin=is_admin, created_at=now).returning(users.c.id)
+            user_id = (await conn.execute(query)).scalar_one()
     except IntegrityError as e:
         raise UserExists(f"A user named {name!r} exists already: pick another name.") from e
-    return int(result.inserted_primary_key[0])
+    return int(user_id)
 
 
 async def add_token(conn: AsyncConnection, *, user_id: int, token_hash: str, now: datetime) -> None:
@@ -88,8 +89,8 @@ async def list_nodes(conn: AsyncConnection) -> list[Row]:
 
 
 async def add_outbox(conn: AsyncConnection, *, routing_key: str, body: Row, now: datetime) -> int:
-    result = await conn.execute(insert(outbox).values(routing_key=routing_key, body=body, created_at=now))
-    return int(result.inserted_primary_key[0])
+    query = insert(outbox).values(routing_key=routing_key, body=body, created_at=now).returning(outbox.c.id)
+    return int((await conn.execute(query)).scalar_one())
 
 
 async def unpublished_outbox(conn: AsyncConnection, *, limit: int = 500) -> list[Row]:

@@ -120,7 +120,7 @@ async def list_jobs(
         if not cursor.isdigit():
             raise InvalidJobSpec("The cursor is invalid: pass the `next_cursor` of the previous page.")
         before_id = int(cursor)
-    rows = await controller.jobs.list(
+    rows = await controller.jobs.list_jobs(
         user, states=_parse_states(state), owner=owner, before_id=before_id, limit=limit + 1
     )
     page = rows[:limit]

@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -290,11 +291,15 @@ def logs(
         return
     offset = 0
     while True:
-        page = _call(lambda c, at=offset: c.logs(job_id, offset=at))
+        page = _call(partial(_read_logs, job_id=job_id, offset=offset))
         sys.stdout.write(page["data"])
         if page["next_offset"] == offset:
             break
         offset = page["next_offset"]
+
+
+def _read_logs(client: Client, *, job_id: int, offset: int) -> dict[str, Any]:
+    return client.logs(job_id, offset=offset)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from gpuyard.domain.errors import GpuyardError
+from gpuyard.settings import Settings
 
 err = Console(stderr=True, highlight=False)
 log = logging.getLogger("gpuyard.up")
@@ -48,10 +49,8 @@ def _apply(**options: object) -> None:
             os.environ[f"GPUYARD_{name.upper()}"] = str(value)
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from pydantic import ValidationError
-
-    from gpuyard.settings import Settings
 
     try:
         return Settings()
@@ -237,10 +236,7 @@ def _stop_child(role: str, proc: subprocess.Popen[bytes], timeout_s: float) -> N
             proc.wait()
 
 
-def _announce(settings: object, *, gpu_note: str, broker_note: str, is_fake: bool) -> None:
-    from gpuyard.settings import Settings
-
-    assert isinstance(settings, Settings)
+def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: bool) -> None:
     lines = [
         "gpuyard is up.",
         f"  API:         {settings.api_url}  (OpenAPI docs: {settings.api_url}/docs)",

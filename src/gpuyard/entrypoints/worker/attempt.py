@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gpuyard.adapters.broker.messages import Dispatch, Finished, LogChunk, Progress, Started
+from gpuyard.adapters.broker.messages import Dispatch, Finished, LogChunk, Outcome, Progress, Started
 from gpuyard.adapters.runner.process import ExitStatus, JobProcess, LaunchError, scrub_environment
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
@@ -24,7 +24,7 @@ _FLUSH_BYTES = 256 * 1024
 _METRICS_POLL_S = 0.5
 
 
-def outcome_of(status: ExitStatus) -> tuple[str, str | None]:
+def outcome_of(status: ExitStatus) -> tuple[Outcome, str | None]:
     """(outcome, failure class) of an attempt that ran."""
     if status.stop_reason == "cancelled":
         return "cancelled", FailureClass.CANCELLED.value
@@ -133,7 +133,7 @@ class Attempt:
 
     async def finish(
         self,
-        outcome: str,
+        outcome: Outcome,
         failure: str | None,
         *,
         exit_code: int | None = None,
@@ -145,7 +145,7 @@ class Attempt:
             job_id=d.job_id,
             attempt=d.attempt,
             node=self.node,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,
             failure_class=failure,
             exit_code=exit_code,
             signal=signal,

@@ -175,3 +175,15 @@ def test_openapi_documents_every_route(stack: Stack) -> None:
     ]:
         assert path in spec["paths"], path
     assert spec["components"]["securitySchemes"]
+
+
+def test_a_second_controller_on_the_same_data_dir_is_refused(stack: Stack) -> None:
+    import subprocess
+    import sys
+
+    env = stack.env | {"GPUYARD_PORT": str(stack.port + 1)}
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuyard", "controller"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "Another gpuyard controller" in result.stderr and "--data-dir" in result.stderr

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import getpass
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, TextIO
 
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.migrate import migrate
-from gpuyard.domain.errors import BrokerUnavailable
+from gpuyard.domain.errors import BrokerUnavailable, ConfigurationError
 from gpuyard.services.auth import AuthService, check_user_name
 from gpuyard.services.events import EventService
 from gpuyard.services.jobs import JobService
@@ -28,6 +31,25 @@ def default_admin_name() -> str:
         return check_user_name(name)
     except Exception:
         return "admin"
+
+
+def hold_data_dir(data_dir: Path) -> TextIO:
+    """One controller per data directory: a second one would share its database and its queues."""
+    lock = open(data_dir / "controller.lock", "a+")  # noqa: SIM115 - held open while the controller runs
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "?"
+        lock.close()
+        raise ConfigurationError(
+            f"Another gpuyard controller (pid {owner}) already uses {data_dir}: stop it, or give this one "
+            "its own data directory with --data-dir (and another --port)."
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 class Controller:
@@ -94,3 +116,4 @@ class Controller:
                 await task
         await self.broker.close()
         await self.db.dispose()
+

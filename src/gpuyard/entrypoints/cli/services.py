@@ -64,15 +64,23 @@ def controller(data_dir: DataDirOpt = None, port: PortOpt = None) -> None:
     import uvicorn
 
     from gpuyard.entrypoints.api.app import create_app
+    from gpuyard.entrypoints.api.controller import hold_data_dir
 
     _apply(data_dir=data_dir, port=port)
     settings = _settings()
     configure_logging(settings.log_level, "controller")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_data_dir(settings.data_dir)  # held until this process exits
+    except GpuyardError as e:
+        err.print(f"error: {e.detail}")
+        raise typer.Exit(2) from None
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
     )
     uvicorn.Server(config).run()
+    lock.close()
 
 
 def worker(
@@ -131,11 +139,17 @@ def up(
     )
     from gpuyard.adapters.broker.local import free_port as pick_port
     from gpuyard.adapters.gpu.detect import describe_backend, open_gpu_backend
+    from gpuyard.entrypoints.api.controller import hold_data_dir
 
     _apply(data_dir=data_dir, port=port, gpu_backend=gpu_backend, fake_gpus=fake_gpus, broker=broker)
     settings = _settings()
     configure_logging(settings.log_level, "up")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        hold_data_dir(settings.data_dir).close()  # fail early and clearly if another instance runs here
+    except GpuyardError as e:
+        err.print(f"error: {e.detail}")
+        raise typer.Exit(2) from None
     local: LocalRabbitmq | None = None
     broker_note = f"RabbitMQ at {settings.amqp_url.split('@')[-1]}"
     if settings.broker == "local" or (settings.broker == "auto" and not amqp_reachable(settings.amqp_url)):

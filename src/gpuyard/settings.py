@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
     scheduler_tick_s: float = Field(5.0, gt=0, description="Scheduling pass period besides wake-ups.")
     log_level: str = Field("INFO", description="Python logging level of the services.")
-    ui_port: int = Field(8501, ge=1, le=65535, description="Port of the web UI.")
 
     @field_validator("data_dir")
     @classmethod

@@ -4,7 +4,7 @@ e.g. "waiting for 2 GPUs: 4 of 4 busy; the next one frees at about 14:05 UTC (jo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 
 from gpuyard.scheduling.model import Estimate, WaitReason
 
@@ -13,12 +13,14 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _clock(at: datetime, now: datetime) -> str:
-    """HH:MM (UTC) today, else the date too."""
-    return at.strftime("%H:%M UTC") if at.date() == now.date() else at.strftime("%Y-%m-%d %H:%M UTC")
+def _clock(at: datetime, now: datetime, tz: tzinfo) -> str:
+    """HH:MM and the zone's name today, else the date too."""
+    local, today = at.astimezone(tz), now.astimezone(tz)
+    return local.strftime("%H:%M %Z") if local.date() == today.date() else local.strftime("%Y-%m-%d %H:%M %Z")
 
 
-def explain(estimate: Estimate, *, gpus: int, now: datetime) -> str:
+def explain(estimate: Estimate, *, gpus: int, now: datetime, tz: tzinfo = UTC) -> str:
+    """`tz`: the time zone the times are given in (the workstation's own, for its users)."""
     e = estimate
     need = f"waiting for {_plural(gpus, 'GPU')}"
     if e.reason is WaitReason.STARTING:
@@ -29,7 +31,7 @@ def explain(estimate: Estimate, *, gpus: int, now: datetime) -> str:
         return f"{need}: no worker node with {gpus} GPUs is online; start one with `gpuyard worker`"
     if e.reason is WaitReason.GPU_HELD_OUTSIDE:
         return f"{need}: processes outside gpuyard hold the GPUs it needs (see `gpuyard gpus`)"
-    at = f"at about {_clock(e.start_at, now)}" if e.start_at else "at an unknown time"
+    at = f"at about {_clock(e.start_at, now, tz)}" if e.start_at else "at an unknown time"
     if e.reason is WaitReason.GPUS_BUSY:
         frees = f"the next one frees {at}"
         if e.blocking_job_id is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gpuyard.adapters.broker.messages import Cancel
@@ -22,6 +22,8 @@ from gpuyard.services.scheduler import PassResult, SchedulerService
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+# Times in reasons are in the workstation's own time zone: the one its users live in.
+LOCAL_TZ = datetime.now().astimezone().tzinfo or UTC
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def describe_wait(estimate: Estimate, *, gpus: int, now: datetime) -> WaitInfo:
         estimated_start_at=estimate.start_at,
         estimated_wait_s=wait_s,
         reason=estimate.reason.value,
-        reason_text=explain(estimate, gpus=gpus, now=now),
+        reason_text=explain(estimate, gpus=gpus, now=now, tz=LOCAL_TZ),
     )
 
 

@@ -116,4 +116,3 @@ class Controller:
                 await task
         await self.broker.close()
         await self.db.dispose()
-

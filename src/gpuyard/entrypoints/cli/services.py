@@ -15,6 +15,7 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from gpuyard.domain.errors import GpuyardError
 from gpuyard.settings import Settings
@@ -256,7 +257,7 @@ def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: b
         f"  API:         {settings.api_url}  (OpenAPI docs: {settings.api_url}/docs)",
         f"  GPU backend: {gpu_note}",
         f"  broker:      {broker_note}",
-        f"  database:    {settings.db_url.split('://')[0]} ({settings.db_url.split('///')[-1]})",
+        f"  database:    {make_url(settings.db_url).render_as_string(hide_password=True)}",
         f"  admin token: {settings.admin_token_file} (readable by you only; the CLI uses it)",
         f"  data dir:    {settings.data_dir}",
         f"  try:         export GPUYARD_DATA_DIR={settings.data_dir}",
@@ -265,9 +266,10 @@ def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: b
     ]
     if is_fake:
         banner = "!" * 78
+        why = "no NVIDIA GPU was found" if settings.gpu_backend == "auto" else "it was chosen"
         lines[2:2] = [
             banner,
-            f"!! FAKE GPU BACKEND: no NVIDIA GPU was found. gpuyard simulates {settings.fake_gpus} GPUs;",
+            f"!! FAKE GPU BACKEND ({why}): gpuyard simulates {settings.fake_gpus} GPUs;",
             "!! jobs get CUDA_VISIBLE_DEVICES but run on the CPU.",
             banner,
         ]

@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Coroutine
@@ -18,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from gpuyard.adapters.broker.local import port_in_use
 
 T = TypeVar("T")
 
@@ -124,7 +125,7 @@ class LocalPostgres:
         bindir = find_pg_bindir()
         if bindir is None:
             raise RuntimeError(f"PostgreSQL's initdb and pg_ctl are not installed. {INSTALL_HINT}")
-        if _port_in_use(self.port):
+        if port_in_use(self.port):
             raise RuntimeError(
                 f"Port {self.port} on 127.0.0.1 is taken; pick another for a private PostgreSQL."
             )
@@ -208,13 +209,3 @@ class LocalPostgres:
                 f"`{' '.join(argv)}` failed with status {done.returncode}:\n{done.stdout}{done.stderr}"
                 f"Last lines of {self.log_file}:\n{tail}"
             )
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like servers: TIME_WAIT is no obstacle
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-        return False

@@ -54,6 +54,21 @@ def describe_wait(estimate: Estimate, *, gpus: int, now: datetime) -> WaitInfo:
     )
 
 
+_UNSET_AT_SUBMIT = (
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "failure_class",
+    "error",
+    "cancel_requested_at",
+    "progress_step",
+    "progress_total",
+    "metrics",
+    "node",
+    "gpu_indices",
+)
+
+
 @dataclass(frozen=True)
 class Accepted:
     """A submission in the database: its id, when, and its estimate where no pass was needed."""
@@ -65,37 +80,8 @@ class Accepted:
 
 def _new_job_row(job_id: int, user: User, spec: JobSpec, now: datetime) -> Row:
     """The row a job has right after its insert (what get() would read back)."""
-    row: Row = {
-        "id": job_id,
-        "user_id": user.id,
-        "user": user.name,
-        "name": spec.name,
-        "argv": list(spec.argv),
-        "gpus": spec.gpus,
-        "priority": spec.priority.value,
-        "priority_rank": spec.priority.rank,
-        "workdir": spec.workdir,
-        "env": dict(spec.env),
-        "time_limit_s": spec.time_limit_s,
-        "state": JobState.QUEUED.value,
-        "attempt": 0,
-        "submitted_at": now,
-        "updated_at": now,
-    }
-    for key in (
-        "started_at",
-        "finished_at",
-        "exit_code",
-        "failure_class",
-        "error",
-        "cancel_requested_at",
-        "progress_step",
-        "progress_total",
-        "metrics",
-        "node",
-        "gpu_indices",
-    ):
-        row[key] = None
+    row: Row = dict.fromkeys(_UNSET_AT_SUBMIT)
+    row.update(jobs_repo.job_values(spec, user.id, now), id=job_id, user=user.name)
     return row
 
 

@@ -55,6 +55,12 @@ def expected_end_at(row: dict[str, Any], *, default_runtime_s: float) -> tuple[d
     return began + timedelta(seconds=default_runtime_s), progress
 
 
+def node_online(node: dict[str, Any], *, now: datetime, node_lease_s: float) -> bool:
+    """A node is online while its last heartbeat is younger than the lease."""
+    last_seen: datetime = node["last_seen_at"]
+    return (now - last_seen).total_seconds() <= node_lease_s
+
+
 def build_request(
     *,
     now: datetime,
@@ -72,7 +78,7 @@ def build_request(
         NodeView(
             name=n["name"],
             gpus=tuple(GpuSlot(g["index"], outside=bool(g.get("outside"))) for g in n["gpus"]),
-            online=(now - n["last_seen_at"]).total_seconds() <= node_lease_s,
+            online=node_online(n, now=now, node_lease_s=node_lease_s),
         )
         for n in nodes
     )

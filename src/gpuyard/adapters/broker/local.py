@@ -76,7 +76,8 @@ def free_port() -> int:
         return port
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """Whether a server could not bind 127.0.0.1:port now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like servers: TIME_WAIT is no obstacle
         try:
@@ -144,7 +145,7 @@ class LocalRabbitmq:
                 f"RabbitMQ is not installed, so gpuyard cannot start a broker. {INSTALL_HINT}"
             )
         for port in (self.port, self.dist_port):
-            if _port_in_use(port):
+            if port_in_use(port):
                 raise BrokerUnavailable(
                     f"Port {port} on 127.0.0.1 is already in use, so a private RabbitMQ cannot start there. "
                     "Choose other ports, or stop what holds it (see `ss -ltnp`)."
@@ -242,7 +243,7 @@ class LocalRabbitmq:
 def _default_dist_port(port: int) -> int:
     """RabbitMQ's own rule (AMQP port + 20000) when that port exists and is free, else any free port."""
     candidate = port + 20000
-    if candidate <= 65535 and not _port_in_use(candidate):
+    if candidate <= 65535 and not port_in_use(candidate):
         return candidate
     return free_port()
 

@@ -27,7 +27,8 @@ def _jobs_query() -> Any:
     )
 
 
-def _job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
+def job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
+    """The columns of a job just submitted."""
     return {
         "user_id": user_id,
         "name": spec.name,
@@ -46,7 +47,7 @@ def _job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
 
 
 async def insert_job(conn: AsyncConnection, *, spec: JobSpec, user_id: int, now: datetime) -> int:
-    query = insert(jobs).values(**_job_values(spec, user_id, now)).returning(jobs.c.id)
+    query = insert(jobs).values(**job_values(spec, user_id, now)).returning(jobs.c.id)
     return int((await conn.execute(query)).scalar_one())
 
 
@@ -55,7 +56,7 @@ async def insert_jobs(
 ) -> list[int]:
     """Insert many jobs in one statement; ids come back in the order given."""
     query = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
-    result = await conn.execute(query, [_job_values(spec, user_id, now) for spec, user_id in items])
+    result = await conn.execute(query, [job_values(spec, user_id, now) for spec, user_id in items])
     return [int(job_id) for job_id in result.scalars()]
 
 

@@ -20,6 +20,7 @@ from gpuyard.entrypoints.api.schemas import (
     UserPublic,
 )
 from gpuyard.services.auth import User
+from gpuyard.services.scheduler import node_online
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
 health_router = APIRouter(tags=["health"])
@@ -32,7 +33,7 @@ async def gpus(_user: CurrentUser, controller: ControllerDep) -> GpusPublic:
     now = controller.clock()
     node_list, gpu_list = [], []
     for node in nodes:
-        online = (now - node["last_seen_at"]).total_seconds() <= controller.settings.node_lease_s
+        online = node_online(node, now=now, node_lease_s=controller.settings.node_lease_s)
         node_list.append(
             NodePublic(
                 name=node["name"],

@@ -49,6 +49,28 @@ class Settings(BaseSettings):
     kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
     scheduler_tick_s: float = Field(5.0, gt=0, description="Scheduling pass period besides wake-ups.")
     log_level: str = Field("INFO", description="Python logging level of the services.")
+    backfill: bool = Field(
+        True, description="Let a later job start early when its time limit proves it delays no earlier job."
+    )
+    aging_s: float | None = Field(
+        None, gt=0, description="A waiting job gains one priority level per this many seconds (unset: off)."
+    )
+    max_gpus_per_user: int | None = Field(None, ge=1, description="GPUs one user may hold at once (unset: any).")
+    max_waiting_jobs_per_user: int | None = Field(
+        None, ge=1, description="Jobs one user may have waiting at once (unset: any)."
+    )
+    fair_share: bool = Field(
+        False, description="Within a priority, users with less recent GPU time go first."
+    )
+    fair_share_window_s: float = Field(
+        7 * 86400.0, gt=0, description="How far back GPU time counts for fair share (seconds)."
+    )
+    urgent_admins_only: bool = Field(True, description="Only admins may submit or raise jobs to urgent.")
+    gpu_links: str = Field(
+        "",
+        description="GPU pairs joined by NVLink, for placing multi-GPU jobs, e.g. '0-1,2-3' "
+        "(used when NVML reports no topology).",
+    )
 
     @field_validator("data_dir")
     @classmethod

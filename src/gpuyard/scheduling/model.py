@@ -7,9 +7,22 @@ from datetime import datetime
 from enum import StrEnum
 
 
+class RuntimeSource(StrEnum):
+    """Where an expected runtime comes from, best first."""
+
+    PROGRESS = "progress"  # a running job's own progress rate
+    TIME_LIMIT = "time_limit"  # an upper bound the worker enforces
+    HISTORY = "history"  # similar jobs of the past (same user and name, or same command)
+    DEFAULT = "default"  # nothing known: the configured default
+
+
 @dataclass(frozen=True)
 class PendingJob:
-    """A job in the wait line. `seq` is its submission order (FIFO tie-break)."""
+    """A job in the wait line. `seq` is its submission order (FIFO tie-break).
+
+    `expected_runtime_s` (from history) is used for estimates; `time_limit_s` is the only runtime the
+    policy trusts when it lets a job start ahead of an earlier one (backfill). `waiting_s` feeds aging.
+    """
 
     job_id: int
     seq: int
@@ -18,6 +31,8 @@ class PendingJob:
     user: str = ""
     time_limit_s: float | None = None
     expected_runtime_s: float | None = None
+    held: bool = False
+    waiting_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,8 @@ class RunningJob:
     gpu_indices: tuple[int, ...]
     expected_end_at: datetime | None = None
     progress: float | None = None
+    user: str = ""
+    source: RuntimeSource = RuntimeSource.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -41,9 +58,32 @@ class GpuSlot:
 
 @dataclass(frozen=True)
 class NodeView:
+    """A node. `links` lists GPU pairs joined by a fast link (NVLink): multi-GPU jobs prefer them."""
+
     name: str
     gpus: tuple[GpuSlot, ...]
     online: bool = True
+    links: frozenset[tuple[int, int]] = frozenset()
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The configurable parts of the policy.
+
+    backfill: a later job may start now when its time limit proves it ends before every earlier job's
+        reserved start on the GPUs it takes (no job is ever delayed by one behind it).
+    aging_s: a waiting job gains one priority level per this many seconds of waiting (None: off), up to
+        `aging_max_rank`.
+    max_gpus_per_user: GPUs one user may hold at once (None: no limit).
+    fair_share: within a priority, users with less recent GPU time (`usage_s`, GPU-seconds) go first.
+    """
+
+    backfill: bool = True
+    aging_s: float | None = None
+    aging_max_rank: int = 2
+    max_gpus_per_user: int | None = None
+    fair_share: bool = False
+    usage_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,6 +93,7 @@ class ScheduleRequest:
     running: tuple[RunningJob, ...]
     nodes: tuple[NodeView, ...]
     default_runtime_s: float = 3600.0
+    rules: Rules = field(default_factory=Rules)
 
 
 class WaitReason(StrEnum):
@@ -63,6 +104,8 @@ class WaitReason(StrEnum):
     GPU_HELD_OUTSIDE = "gpu_held_outside"
     NO_NODE_FITS = "no_node_fits"
     NO_NODE_ONLINE = "no_node_online"
+    HELD = "held"
+    USER_LIMIT = "user_limit"
 
 
 @dataclass(frozen=True)
@@ -80,6 +123,9 @@ class Estimate:
     `start_at` None means no start can be foreseen (no node fits, or GPUs held outside gpuyard).
     `blocking_job_id` is the job whose end the start waits for, where there is one: a running job, or one
     ahead in line that is expected to run first.
+    `source` says where the runtimes behind the estimate come from (the weakest of them), and
+    `early_s`/`late_s` the band around `start_at` that follows from it. `backfill` marks a job that starts
+    (or will start) ahead of earlier jobs because its time limit proves it delays none of them.
     """
 
     job_id: int
@@ -92,6 +138,10 @@ class Estimate:
     gpus_ahead: int = 0
     blocking_job_id: int | None = None
     blocking_progress: float | None = None
+    source: RuntimeSource = RuntimeSource.DEFAULT
+    early_s: float = 0.0
+    late_s: float = 0.0
+    backfill: bool = False
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,28 @@ class Client:
         result: dict[str, Any] = self._request("POST", f"/api/v1/jobs/{job_id}/cancel")
         return result
 
+    def hold(self, job_id: int) -> dict[str, Any]:
+        """Hold a waiting job: it keeps its place in line but does not start until released."""
+        result: dict[str, Any] = self._request("POST", f"/api/v1/jobs/{job_id}/hold")
+        return result
+
+    def release(self, job_id: int) -> dict[str, Any]:
+        """Release a held job: it starts when its turn comes."""
+        result: dict[str, Any] = self._request("POST", f"/api/v1/jobs/{job_id}/release")
+        return result
+
+    def set_priority(self, job_id: int, priority: str) -> dict[str, Any]:
+        """Give a waiting job another priority: low | normal | high | urgent."""
+        result: dict[str, Any] = self._request(
+            "POST", f"/api/v1/jobs/{job_id}/priority", json={"priority": priority}
+        )
+        return result
+
+    def wait(self, job_id: int) -> dict[str, Any]:
+        """Where a waiting job stands: place in line, estimated start and its band, and why it waits."""
+        result: dict[str, Any] = self._request("GET", f"/api/v1/jobs/{job_id}/wait")
+        return result
+
     def logs(self, job_id: int, *, offset: int = 0, attempt: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"offset": offset}
         if attempt is not None:

@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     aging_s: float | None = Field(
         None, gt=0, description="A waiting job gains one priority level per this many seconds (unset: off)."
     )
-    max_gpus_per_user: int | None = Field(None, ge=1, description="GPUs one user may hold at once (unset: any).")
+    max_gpus_per_user: int | None = Field(
+        None, ge=1, description="GPUs one user may hold at once (unset: any)."
+    )
     max_waiting_jobs_per_user: int | None = Field(
         None, ge=1, description="Jobs one user may have waiting at once (unset: any)."
     )

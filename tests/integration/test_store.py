@@ -168,3 +168,39 @@ async def test_concurrent_writers_do_not_lose_jobs(db: Database) -> None:
     assert len(set(ids)) == 50
     async with db.read() as conn:
         assert (await jobs_repo.count_by_state(conn))["queued"] == 50
+
+
+async def test_queue_controls_are_conditional_on_a_waiting_job(db: Database) -> None:
+    from gpuyard.domain.jobs import Priority
+
+    user_id = await add_user(db)
+    waiting, other = await add_job(db, user_id), await add_job(db, user_id)
+    later = NOW + timedelta(seconds=5)
+    async with db.write() as conn:
+        assert await jobs_repo.hold(conn, job_id=waiting, now=later) is True
+        assert await jobs_repo.hold(conn, job_id=waiting, now=later) is False, "already held"
+        assert await jobs_repo.set_priority(conn, job_id=waiting, priority=Priority.HIGH, now=later) is True
+        assert await jobs_repo.set_priority(conn, job_id=waiting, priority=Priority.HIGH, now=later) is False
+        held = await jobs_repo.dispatch(
+            conn, job_id=waiting, node="n", gpu_indices=[0], gpu_uuids=["u"], now=NOW
+        )
+        assert held is None, "a held job is never dispatched"
+        assert await jobs_repo.count_waiting(conn, [user_id, 999]) == {user_id: 2}
+    async with db.read() as conn:
+        line = {r["id"]: r for r in await jobs_repo.pending_jobs(conn)}
+        assert line[waiting]["held_at"] == later and line[other]["held_at"] is None
+        job = await jobs_repo.get_job(conn, waiting)
+        assert job is not None and (job["priority"], job["priority_rank"]) == ("high", Priority.HIGH.rank)
+    async with db.write() as conn:
+        assert await jobs_repo.release(conn, job_id=waiting, now=later) is True
+        assert await jobs_repo.release(conn, job_id=waiting, now=later) is False, "not held any more"
+        assert (
+            await jobs_repo.dispatch(
+                conn, job_id=waiting, node="n", gpu_indices=[0], gpu_uuids=["u"], now=NOW
+            )
+            is not None
+        )
+        # Dispatched: none of the controls applies any more.
+        assert await jobs_repo.hold(conn, job_id=waiting, now=later) is False
+        assert await jobs_repo.set_priority(conn, job_id=waiting, priority=Priority.LOW, now=later) is False
+        assert await jobs_repo.count_waiting(conn, [user_id]) == {user_id: 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from gpuyard.scheduling.model import (
     NodeView,
     PendingJob,
     Placement,
+    Rules,
     RunningJob,
     ScheduleRequest,
     WaitReason,
@@ -71,8 +73,9 @@ def request(
     pending: Iterable[PendingJob] = (),
     run: Iterable[RunningJob] = (),
     default_runtime_s: float = 3600.0,
+    rules: Rules | None = None,
 ) -> ScheduleRequest:
-    return ScheduleRequest(NOW, tuple(pending), tuple(run), tuple(nodes), default_runtime_s)
+    return ScheduleRequest(NOW, tuple(pending), tuple(run), tuple(nodes), default_runtime_s, rules or Rules())
 
 
 def placed(decision: Decision) -> dict[int, tuple[str, tuple[int, ...]]]:
@@ -192,12 +195,14 @@ def test_a_job_held_back_by_a_waiting_higher_priority_job_says_so() -> None:
 def test_reason_names_what_holds_a_job_back_when_gpus_are_free(
     small_prio: int, big_prio: int, reason: WaitReason
 ) -> None:
-    # Node b's two GPUs are free; the 4-GPU job ahead waits for node a; the 1-GPU job may not overtake it.
+    # Without backfill: node b's two GPUs are free; the 4-GPU job ahead waits for node a; the 1-GPU job
+    # may not overtake it.
     d = schedule(
         request(
             nodes=[node("a", 4), node("b", 2)],
             pending=[job(1, gpus=4, prio=big_prio, limit=100), job(2, gpus=1, prio=small_prio)],
             run=[running(90, "a", (0, 1, 2, 3), ends_in_s=600)],
+            rules=Rules(backfill=False),
         )
     )
     assert d.placements == ()
@@ -416,13 +421,20 @@ def requests(draw: st.DrawFn) -> ScheduleRequest:
             )
             run.append(running(1000 + 10 * n + label, f"n{n}", gpus, draw(_RUNNING_END), draw(_PROGRESS)))
     wanted = draw(st.lists(_PENDING, max_size=10))
+    backfill = draw(st.booleans())
     seqs = draw(st.permutations(range(len(wanted))))
     pending = [
         job(i + 1, gpus=gpus, prio=prio, limit=limit, seq=seqs[i])
         for i, (gpus, prio, limit) in enumerate(wanted)
     ]
     default_runtime_s = draw(st.sampled_from([60.0, 3600.0]))
-    return request(nodes=nodes, pending=pending, run=run, default_runtime_s=default_runtime_s)
+    return request(
+        nodes=nodes,
+        pending=pending,
+        run=run,
+        default_runtime_s=default_runtime_s,
+        rules=Rules(backfill=backfill),
+    )
 
 
 def queue(req: ScheduleRequest) -> list[PendingJob]:
@@ -475,7 +487,9 @@ def check_exact_gpus_on_one_node(req: ScheduleRequest, d: Decision) -> None:
 
 
 def check_no_overtaking(req: ScheduleRequest, d: Decision) -> None:
-    """(c) A job placed now has every foreseeable job ahead of it in the line placed now too."""
+    """(c) Without backfill, a job placed now has every foreseeable job ahead of it placed now too."""
+    if req.rules.backfill:
+        return
     started = {p.job_id for p in d.placements}
     line = queue(req)
     for k, j in enumerate(line):
@@ -486,10 +500,28 @@ def check_no_overtaking(req: ScheduleRequest, d: Decision) -> None:
 
 
 def check_starts_never_go_down(req: ScheduleRequest, d: Decision) -> None:
-    """(d) Foreseeable starts are non-decreasing along the line, and never before now."""
+    """(d) Foreseeable starts are never before now and, without backfill, non-decreasing along the line."""
     known = [e.start_at for e in (d.estimates[j.job_id] for j in queue(req)) if e.start_at is not None]
-    assert known == sorted(known), "an estimate is earlier than that of a job ahead"
+    assert req.rules.backfill or known == sorted(known), "an estimate is earlier than that of a job ahead"
     assert all(s >= req.now for s in known)
+
+
+def check_backfill_delays_nobody(req: ScheduleRequest, d: Decision) -> None:
+    """(g) No job is delayed by a job behind it: once a placed job runs for its whole time limit (forever,
+    without one), no job ahead of it starts later than estimated."""
+    line = queue(req)
+    for p in d.placements:
+        placed_job = next(j for j in req.pending if j.job_id == p.job_id)
+        if line.index(placed_job) == 0:
+            continue
+        holds_for = placed_job.time_limit_s if placed_job.time_limit_s is not None else 10**8
+        as_running = RunningJob(p.job_id, p.node, p.gpu_indices, NOW + timedelta(seconds=holds_for))
+        rest = tuple(j for j in req.pending if j.job_id != p.job_id)
+        after = schedule(replace(req, pending=rest, running=(*req.running, as_running)))
+        for ahead in line[: line.index(placed_job)]:
+            before_at, after_at = d.estimates[ahead.job_id].start_at, after.estimates[ahead.job_id].start_at
+            if before_at is not None:
+                assert after_at is not None and after_at <= before_at, (p, ahead, before_at, after_at)
 
 
 def check_one_estimate_each_in_line_order(req: ScheduleRequest, d: Decision) -> None:
@@ -539,6 +571,7 @@ CHECKS = [
     check_placed_jobs_start_now,
     check_unforeseeable_only_when_no_node_could_ever_hold_it,
     check_head_starts_when_it_fits,
+    check_backfill_delays_nobody,
 ]
 
 
@@ -551,10 +584,7 @@ def test_policy_invariants(req: ScheduleRequest, rnd: random.Random) -> None:
     # Deterministic, and blind to the order in which pending jobs are listed.
     shuffled = list(req.pending)
     rnd.shuffle(shuffled)
-    assert (
-        schedule(ScheduleRequest(req.now, tuple(shuffled), req.running, req.nodes, req.default_runtime_s))
-        == d
-    )
+    assert schedule(replace(req, pending=tuple(shuffled))) == d
 
 
 @settings(max_examples=300, deadline=None)
@@ -566,9 +596,7 @@ def test_extending_the_line_agrees_with_a_full_pass(req: ScheduleRequest, newcom
     timeline = schedule(req).timeline
     assert isinstance(timeline, Timeline)
     quick = extend(timeline, new)
-    full = schedule(
-        ScheduleRequest(req.now, (*req.pending, new), req.running, req.nodes, req.default_runtime_s)
-    )
+    full = schedule(replace(req, pending=(*req.pending, new)))
     if quick is None:
         # Only when it would not go last, or could start now (then the pass must place it).
         lowest = min((j.priority_rank for j in req.pending), default=None)

@@ -41,6 +41,12 @@ class UserExists(GpuyardError):
     code = "user_exists"
 
 
+class QuotaExceeded(GpuyardError):
+    """A per-user limit (e.g. jobs waiting at once) refuses a request."""
+
+    code = "quota_exceeded"
+
+
 class NoNodeFits(GpuyardError):
     """A job asks for more GPUs than any node has: it could never start, so it is refused."""
 

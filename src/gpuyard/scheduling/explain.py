@@ -24,7 +24,13 @@ def explain(estimate: Estimate, *, gpus: int, now: datetime, tz: tzinfo = UTC) -
     e = estimate
     need = f"waiting for {_plural(gpus, 'GPU')}"
     if e.reason is WaitReason.STARTING:
-        return "starting now"
+        return (
+            "starting now, ahead of earlier jobs: its time limit ends it before they need its GPUs"
+            if (e.backfill)
+            else "starting now"
+        )
+    if e.reason is WaitReason.HELD:
+        return "held: it keeps its place in line but does not start until it is released (`gpuyard release`)"
     if e.reason is WaitReason.NO_NODE_FITS:
         return f"{need}: no online node has {gpus} GPUs"
     if e.reason is WaitReason.NO_NODE_ONLINE:
@@ -38,6 +44,8 @@ def explain(estimate: Estimate, *, gpus: int, now: datetime, tz: tzinfo = UTC) -
             done = f", {e.blocking_progress:.0%} done" if e.blocking_progress is not None else ""
             frees += f" (job {e.blocking_job_id}{done})"
         return f"{need}: {e.gpus_busy} of {e.gpus_total} busy; {frees}"
+    if e.reason is WaitReason.USER_LIMIT:
+        return f"{need}: its owner's limit of GPUs in use is reached; starts {at}, as the owner's jobs end"
     ahead = _plural(e.jobs_ahead, "job")
     if e.reason is WaitReason.BEHIND_HIGHER_PRIORITY:
         return f"{need}: behind {ahead} of higher or equal priority; starts {at}"

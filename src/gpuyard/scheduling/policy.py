@@ -1,18 +1,25 @@
-"""The scheduling policy: priority, then FIFO; whole GPUs on one node; one job per GPU.
+"""The scheduling policy: effective priority, then FIFO; whole GPUs on one node; one job per GPU; backfill.
 
-`schedule(request)` is pure and deterministic. It walks the wait line in order and, in simulated time over
-the expected runtimes, gives each job the earliest start at which enough GPUs of one node are free and no
-job ahead of it starts later. The jobs whose start is `now` are the placements; every job's start is its
-estimate, so the line and the estimates cannot disagree.
+`schedule(request)` is pure and deterministic. It walks the wait line in order and books every job the
+earliest slot in which enough GPUs of one node are free for it, given the bookings of the jobs ahead
+(conservative backfill). Jobs whose slot begins now are the placements; every job's slot is its estimate,
+so the line and the estimates cannot disagree.
 
-A job never starts ahead of an earlier job of equal or higher priority. The one exception: a job whose start
-cannot be foreseen at all (its GPUs are held by processes outside gpuyard) does not hold up the line.
+No job is ever delayed by a job behind it: a job may take a slot that begins before an earlier job's slot
+only inside a gap the earlier bookings left, and only if its time limit (which the worker enforces) ends it
+before the gap closes. Jobs with no time limit only ever book after everything booked on their GPUs.
+Without backfill, a job never starts before the job ahead of it.
+
+Times inside are float seconds from `now`: datetimes only at the edges.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import math
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import combinations
 
 from gpuyard.scheduling.model import (
     Decision,
@@ -20,7 +27,9 @@ from gpuyard.scheduling.model import (
     NodeView,
     PendingJob,
     Placement,
+    Rules,
     RunningJob,
+    RuntimeSource,
     ScheduleRequest,
     WaitReason,
 )
@@ -29,14 +38,95 @@ from gpuyard.scheduling.model import (
 _OVERDUE_S = 1.0
 # A job holds its GPUs for at least this long in simulated time, so a GPU is never given twice at one instant.
 _MIN_RUNTIME_S = 1.0
+_INF = math.inf
+# Gaps tried per node and job before booking after the last booking (bounds a pass to O(jobs × nodes)).
+_GAPS_TRIED = 8
+# Gaps kept per GPU, and the shortest worth keeping (no job is that short).
+_MAX_GAPS = 32
+_MIN_GAP_S = 1.0
+# How far the true start may fall from the estimate (early, late), as fractions of the wait, by the weakest
+# source of the runtimes it depends on. Time limits are upper bounds: starts come earlier, not later.
+_BAND = {
+    RuntimeSource.PROGRESS: (0.1, 0.1),
+    RuntimeSource.TIME_LIMIT: (0.5, 0.0),
+    RuntimeSource.HISTORY: (0.3, 0.3),
+    RuntimeSource.DEFAULT: (0.5, 1.0),
+}
+_WEAKNESS = {s: i for i, s in enumerate(RuntimeSource)}
+
+
+def weakest(a: RuntimeSource, b: RuntimeSource) -> RuntimeSource:
+    return a if _WEAKNESS[a] >= _WEAKNESS[b] else b
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Who holds a GPU until a booking's end, and how sure that end is."""
+
+    job_id: int
+    progress: float | None
+    source: RuntimeSource
 
 
 @dataclass
 class _Gpu:
     index: int
-    free_at: datetime
-    holder: int | None  # the job whose expected end is free_at
-    holder_progress: float | None = None
+    tail: float  # free from here on, for good
+    tail_holder: _Holder | None
+    # Gaps before the tail, sorted by start: (start, end, holder of the booking that ends at start).
+    holes: list[tuple[float, float, _Holder | None]] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # the holes' starts, for bisect
+    max_gap: float = 0.0  # the longest hole
+
+    def _changed(self) -> None:
+        self.max_gap = max((end - start for start, end, _ in self.holes), default=0.0)
+
+    def _hole_at(self, start: float) -> int:
+        """The index of the gap containing `start`, or -1."""
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i if i >= 0 and start < self.holes[i][1] else -1
+
+    def free_for(self, start: float, length: float) -> bool:
+        if start >= self.tail:
+            return True
+        i = self._hole_at(start)
+        return i >= 0 and start + length <= self.holes[i][1]
+
+    def gap_starts(self, since: float, limit: int) -> list[float]:
+        """Up to `limit` moments ≥ since at which a gap of this GPU opens (or since, inside one)."""
+        i = bisect.bisect_right(self.starts, since) - 1
+        out = [since] if i >= 0 and since < self.holes[i][1] else []
+        out.extend(self.starts[i + 1 : i + 1 + limit])
+        return out
+
+    def holder_before(self, start: float) -> tuple[float, _Holder | None]:
+        """The booking that ends last before `start` on this GPU: its end and its holder."""
+        if start >= self.tail:
+            return self.tail, self.tail_holder
+        i = self._hole_at(start)
+        return (self.holes[i][0], self.holes[i][2]) if i >= 0 else (0.0, None)
+
+    def book(self, start: float, end: float, holder: _Holder) -> None:
+        if start >= self.tail:
+            # Only the first gaps are kept: far ahead, a gap left out merely stays idle in the plan.
+            if start - self.tail >= _MIN_GAP_S and len(self.holes) < _MAX_GAPS:
+                self.holes.append((self.tail, start, self.tail_holder))
+                self.starts.append(self.tail)
+                self.max_gap = max(self.max_gap, start - self.tail)
+            self.tail, self.tail_holder = end, holder
+            return
+        i = self._hole_at(start)
+        if i < 0 or end > self.holes[i][1]:
+            raise AssertionError("booked a GPU that is not free")  # pragma: no cover - guarded by free_for
+        hole_start, hole_end, before = self.holes[i]
+        pieces = []
+        if start > hole_start:
+            pieces.append((hole_start, start, before))
+        if end < hole_end:
+            pieces.append((end, hole_end, holder))
+        self.holes[i : i + 1] = pieces
+        self.starts[i : i + 1] = [p[0] for p in pieces]
+        self._changed()
 
 
 @dataclass
@@ -44,19 +134,14 @@ class _Node:
     name: str
     gpus: list[_Gpu]  # GPUs gpuyard may use (outside-held ones left out)
     size: int  # all GPUs of the node, outside-held included
+    links: frozenset[tuple[int, int]]
 
 
-def queue_order(pending: tuple[PendingJob, ...]) -> list[PendingJob]:
-    """Effective priority (highest first), then submission order."""
-    return sorted(pending, key=lambda j: (-j.priority_rank, j.seq))
-
-
-def expected_runtime_s(job: PendingJob, default_runtime_s: float) -> float:
-    if job.expected_runtime_s is not None:
-        return job.expected_runtime_s
-    if job.time_limit_s is not None:
-        return job.time_limit_s
-    return default_runtime_s
+@dataclass(frozen=True)
+class _Fit:
+    start: float
+    node: _Node
+    gpus: tuple[_Gpu, ...]
 
 
 @dataclass(frozen=True)
@@ -64,32 +149,61 @@ class _Step:
     job: PendingJob
     position: int
     gpus_ahead: int
-    start_at: datetime | None
+    start: float | None
     reason: WaitReason
-    waits_on: int | None
-    waits_on_progress: float | None
+    holder: _Holder | None
+    source: RuntimeSource
+    backfill: bool
+
+
+def effective_rank(job: PendingJob, rules: Rules) -> int:
+    """Priority plus aging (one level per `aging_s` of waiting, up to `aging_max_rank`)."""
+    if rules.aging_s is None or job.priority_rank >= rules.aging_max_rank:
+        return job.priority_rank
+    return min(rules.aging_max_rank, job.priority_rank + int(job.waiting_s // rules.aging_s))
+
+
+def queue_order(pending: tuple[PendingJob, ...], rules: Rules | None = None) -> list[PendingJob]:
+    """Effective priority (highest first); with fair share, less recent GPU time first; then FIFO."""
+    rules = rules or Rules()
+    usage = rules.usage_s if rules.fair_share else {}
+    return sorted(pending, key=lambda j: (-effective_rank(j, rules), usage.get(j.user, 0.0), j.seq))
+
+
+def planned_runtime(job: PendingJob, default_runtime_s: float) -> tuple[float, RuntimeSource]:
+    """How long a job is expected to hold its GPUs, and from what that is known."""
+    if job.expected_runtime_s is not None:
+        runtime = job.expected_runtime_s
+        if job.time_limit_s is not None:
+            runtime = min(runtime, job.time_limit_s)
+        return max(runtime, _MIN_RUNTIME_S), RuntimeSource.HISTORY
+    if job.time_limit_s is not None:
+        return max(job.time_limit_s, _MIN_RUNTIME_S), RuntimeSource.TIME_LIMIT
+    return max(default_runtime_s, _MIN_RUNTIME_S), RuntimeSource.DEFAULT
 
 
 class Timeline:
-    """The simulation of one pass: every GPU's free time once the jobs added so far (in line order) run.
-
-    After a pass it is the state at the end of the line, so a job that joins the end can be estimated
-    from it (`extend`) without simulating the whole line again.
-    """
+    """The bookings of one pass: after it, the state at the end of the line (see `extend`)."""
 
     def __init__(self, request: ScheduleRequest) -> None:
         self.now = request.now
+        self.rules = request.rules
         self.default_runtime_s = request.default_runtime_s
         self.views = request.nodes
-        self.nodes = _build_timeline(request)
+        self.nodes = _build_nodes(request)
         self.total = sum(n.size for n in self.nodes)
-        self.free_now = {n.name: sum(1 for g in n.gpus if g.free_at <= self.now) for n in self.nodes}
         self.placements: list[Placement] = []
-        self.floor = self.now
-        self.top_rank = -1
+        self.last_start = 0.0  # without backfill, nobody starts before the job ahead
         self.lowest_rank: int | None = None
+        self.top_rank = -1
         self.count = 0
         self.gpus_ahead = 0
+        self.user_bookings = _user_bookings(request)
+        self.free_now = {n.name: sum(1 for g in n.gpus if g.free_for(0.0, _INF)) for n in self.nodes}
+
+    def open_now(self) -> bool:
+        """Whether any GPU is free now, for at least a moment: only then can a job still start now."""
+        return any(g.free_for(0.0, _MIN_RUNTIME_S) for n in self.nodes for g in n.gpus)
 
     @property
     def busy(self) -> int:
@@ -97,87 +211,195 @@ class Timeline:
         return self.total - sum(self.free_now.values())
 
     def add(self, job: PendingJob) -> _Step:
-        """Simulate the next job in line: the earliest start at which it fits, never before the one ahead."""
-        fit = _earliest_fit(self.nodes, job.gpus, self.floor)
-        starts_now = fit is not None and fit[0] == self.now
-        # Positions count the jobs that wait: one that starts in this pass is no longer in line (0).
+        rank = effective_rank(job, self.rules)
+        self.lowest_rank = rank if self.lowest_rank is None else min(self.lowest_rank, rank)
+        if job.held:
+            self.count += 1
+            return _Step(
+                job, self.count, self.gpus_ahead, None, WaitReason.HELD, None, RuntimeSource.DEFAULT, False
+            )
+        runtime, source = planned_runtime(job, self.default_runtime_s)
+        guaranteed = job.time_limit_s if job.time_limit_s is not None else _INF
+        user_floor = self._user_floor(job)
+        floor = user_floor if self.rules.backfill else max(user_floor, self.last_start)
+        fit = self._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
+        if fit is None:
+            self.count += 1
+            reason = _unforeseeable_reason(self.nodes, job.gpus, self.views)
+            return _Step(job, self.count, self.gpus_ahead, None, reason, None, RuntimeSource.DEFAULT, False)
+        starts_now = fit.start <= 0.0
         position, gpus_ahead = (0, 0) if starts_now else (self.count + 1, self.gpus_ahead)
         if not starts_now:
             self.count += 1
             self.gpus_ahead += job.gpus
-        higher_ahead = self.top_rank > job.priority_rank
-        self.top_rank = max(self.top_rank, job.priority_rank)
-        self.lowest_rank = (
-            job.priority_rank if self.lowest_rank is None else min(self.lowest_rank, job.priority_rank)
-        )
-        if fit is None:
-            reason = _unforeseeable_reason(self.nodes, job.gpus, self.views)
-            return _Step(job, position, gpus_ahead, None, reason, None, None)
-        start_at, node, chosen = fit
-        blocker = max(chosen, key=lambda g: (g.free_at, g.index))
-        if start_at == self.now:
-            self.placements.append(Placement(job.job_id, node.name, tuple(sorted(g.index for g in chosen))))
-            self.free_now[node.name] -= job.gpus
+        before = [g.holder_before(fit.start) for g in fit.gpus]
+        holders = [(end, h) for end, h in before if h is not None]
+        blocker = max(holders, key=lambda eh: (eh[0], eh[1].job_id))[1] if holders and fit.start > 0 else None
+        # The start depends on the ends of the bookings before it; later jobs depend on this one's end too.
+        start_source = source
+        if holders and fit.start > 0:
+            start_source = holders[0][1].source
+            for _, h in holders[1:]:
+                start_source = weakest(start_source, h.source)
+        chain = weakest(start_source, source)
+        backfill = fit.start < self.last_start
+        higher = self.top_rank > rank
+        if starts_now:
+            self.placements.append(
+                Placement(job.job_id, fit.node.name, tuple(sorted(g.index for g in fit.gpus)))
+            )
+            self.free_now[fit.node.name] -= job.gpus
             reason = WaitReason.STARTING
-        elif any(free >= job.gpus for free in self.free_now.values()):
-            # Enough GPUs are free right now: only the jobs ahead of it hold it back.
-            reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher_ahead else WaitReason.BEHIND_EARLIER
+        elif user_floor > 0.0 and self._fits_at(job.gpus, guaranteed, 0.0):
+            reason = WaitReason.USER_LIMIT
+        elif self._fits_at(job.gpus, guaranteed, 0.0) or any(f >= job.gpus for f in self.free_now.values()):
+            reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher else WaitReason.BEHIND_EARLIER
         else:
             reason = WaitReason.GPUS_BUSY
-        waits = blocker.free_at > self.now
-        step = _Step(
-            job,
-            position,
-            gpus_ahead,
-            start_at,
-            reason,
-            blocker.holder if waits else None,
-            blocker.holder_progress if waits else None,
-        )
-        runtime_s = max(expected_runtime_s(job, self.default_runtime_s), _MIN_RUNTIME_S)
-        end_at = start_at + timedelta(seconds=runtime_s)
-        for gpu in chosen:
-            gpu.free_at, gpu.holder, gpu.holder_progress = end_at, job.job_id, None
-        self.floor = start_at
-        return step
+        own = _Holder(job.job_id, None, chain)
+        for gpu in fit.gpus:
+            gpu.book(fit.start, fit.start + runtime, own)
+        self.user_bookings.setdefault(job.user, []).append((fit.start, fit.start + runtime, job.gpus))
+        self.last_start = max(self.last_start, fit.start)
+        self.top_rank = max(self.top_rank, rank)
+        return _Step(job, position, gpus_ahead, fit.start, reason, blocker, start_source, backfill)
 
     def estimate(self, step: _Step) -> Estimate:
+        start_at = None if step.start is None else self.now + timedelta(seconds=step.start)
+        wait = step.start or 0.0
+        early, late = _BAND[step.source]
         return Estimate(
             job_id=step.job.job_id,
             position=step.position,
-            start_at=step.start_at,
+            start_at=start_at,
             reason=step.reason,
             gpus_busy=self.busy,
             gpus_total=self.total,
             jobs_ahead=max(step.position - 1, 0),
             gpus_ahead=step.gpus_ahead,
-            blocking_job_id=step.waits_on,
-            blocking_progress=step.waits_on_progress,
+            blocking_job_id=step.holder.job_id if step.holder else None,
+            blocking_progress=step.holder.progress if step.holder else None,
+            source=step.source,
+            early_s=early * wait,
+            late_s=late * wait,
+            backfill=step.backfill,
         )
 
+    def _user_floor(self, job: PendingJob) -> float:
+        """The earliest time at which the user's limit leaves room for this job."""
+        limit = self.rules.max_gpus_per_user
+        if limit is None:
+            return 0.0
+        bookings = self.user_bookings.get(job.user, [])
+        for t in sorted({0.0, *(end for _, end, _ in bookings)}):
+            used = sum(g for start, end, g in bookings if start <= t < end)
+            if used + job.gpus <= limit:
+                return t
+        return 0.0  # a job larger than the limit alone: refused at submission, never stuck here
 
-def schedule(request: ScheduleRequest) -> Decision:
+    def _fits_at(self, count: int, length: float, start: float) -> bool:
+        return any(sum(1 for g in n.gpus if g.free_for(start, length)) >= count for n in self.nodes)
+
+    def _earliest_fit(self, count: int, length: float, floor: float) -> _Fit | None:
+        """The earliest start ≥ floor at which one node has `count` GPUs free for `length`; at equal
+        starts, the node with the fewest free GPUs (large free sets stay whole), then by name.
+
+        Past a node's count-th earliest tail its GPUs are free for good; before that only gaps can hold
+        the job, and only the first few gaps that could beat the best start so far are tried (a bound on
+        the work per job: an untried gap can only make an estimate later, never double-book a GPU)."""
+        floor = max(floor, 0.0)
+        nodes = [n for n in self.nodes if len(n.gpus) >= count]
+        if not nodes:
+            return None
+        starts = {n.name: sorted(max(g.tail, floor) for g in n.gpus)[count - 1] for n in nodes}
+        best = min(starts.values())
+        if length < _INF:
+            for node in nodes:
+                if sum(1 for g in node.gpus if g.max_gap >= length or g.tail < best) < count:
+                    continue
+                moments = {t for g in node.gpus for t in g.gap_starts(floor, _GAPS_TRIED) if t < best}
+                for start in sorted(moments)[:_GAPS_TRIED]:
+                    if sum(1 for g in node.gpus if g.free_for(start, length)) >= count:
+                        starts[node.name] = start
+                        best = start
+                        break
+        winner = min((n for n in nodes if starts[n.name] == best), key=lambda n: (_free_at(n, best), n.name))
+        ready = [g for g in winner.gpus if g.free_for(best, length)]
+        return _Fit(best, winner, _choose(ready, count, best, winner.links))
+
+
+def _free_at(node: _Node, start: float) -> int:
+    return sum(1 for g in node.gpus if g.free_for(start, _INF))
+
+
+def _choose(
+    ready: list[_Gpu], count: int, start: float, links: frozenset[tuple[int, int]]
+) -> tuple[_Gpu, ...]:
+    """Which of the ready GPUs: linked sets for multi-GPU jobs; for one GPU, spare an intact linked pair;
+    then the GPUs that freed last (long-free ones stay together), then the lowest indices."""
+
+    def freed(g: _Gpu) -> float:
+        return g.tail if g.tail <= start else max((s for s, _, _ in g.holes if s <= start), default=0.0)
+
+    if links and count >= 2 and len(ready) <= 12:
+        best = max(
+            combinations(sorted(ready, key=lambda g: g.index), count),
+            key=lambda c: (_link_count(c, links), sum(freed(g) for g in c), [-g.index for g in c]),
+        )
+        return tuple(best)
+    ready_indices = {g.index for g in ready}
+
+    def spare_pairs(g: _Gpu) -> int:
+        # 1 when its linked partner is ready too: taking it would break a free NVLink pair.
+        return sum(1 for a, b in links if g.index in (a, b) and (b if a == g.index else a) in ready_indices)
+
+    ordered = sorted(ready, key=lambda g: (spare_pairs(g) if count == 1 else 0, -freed(g), g.index))
+    return tuple(ordered[:count])
+
+
+def _link_count(gpus: tuple[_Gpu, ...], links: frozenset[tuple[int, int]]) -> int:
+    indices = {g.index for g in gpus}
+    return sum(1 for a, b in links if a in indices and b in indices)
+
+
+def schedule(request: ScheduleRequest, *, estimates: bool = True) -> Decision:
+    """Placements and, unless `estimates` is False, every waiting job's estimate.
+
+    Without estimates the walk stops as soon as no GPU is free now, even for a moment: nothing behind that
+    point can start now, so the placements are the same (and the decision has no timeline to extend)."""
     timeline = Timeline(request)
-    steps = [timeline.add(job) for job in queue_order(request.pending)]
-    estimates = {step.job.job_id: timeline.estimate(step) for step in steps}
-    return Decision(placements=tuple(timeline.placements), estimates=estimates, timeline=timeline)
+    steps = []
+    for job in queue_order(request.pending, request.rules):
+        if not estimates and not timeline.open_now():
+            break
+        steps.append(timeline.add(job))
+    found = {step.job.job_id: timeline.estimate(step) for step in steps} if estimates else {}
+    return Decision(
+        placements=tuple(timeline.placements), estimates=found, timeline=timeline if estimates else None
+    )
 
 
 def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
     """The estimate of a job that joins the end of the line (submitted after every job in it, at the same
     or a lower priority), from a pass's timeline. None when it does not go last, or when it could start at
     once: then only a real pass may place it."""
-    if timeline.lowest_rank is not None and job.priority_rank > timeline.lowest_rank:
+    rank = effective_rank(job, timeline.rules)
+    if timeline.rules.fair_share or (timeline.lowest_rank is not None and rank > timeline.lowest_rank):
         return None
-    fit = _earliest_fit(timeline.nodes, job.gpus, timeline.floor)
-    if fit is not None and fit[0] <= timeline.now:
+    if job.held:
+        return timeline.estimate(timeline.add(job))
+    guaranteed = job.time_limit_s if job.time_limit_s is not None else _INF
+    floor = timeline._user_floor(job)
+    if not timeline.rules.backfill:
+        floor = max(floor, timeline.last_start)
+    fit = timeline._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
+    if fit is not None and fit.start <= 0.0:
         return None
     return timeline.estimate(timeline.add(job))
 
 
-def _build_timeline(request: ScheduleRequest) -> list[_Node]:
+def _build_nodes(request: ScheduleRequest) -> list[_Node]:
     now = request.now
-    default_end = now + timedelta(seconds=request.default_runtime_s)
     holders: dict[tuple[str, int], RunningJob] = {}
     for run in request.running:
         for index in run.gpu_indices:
@@ -188,33 +410,37 @@ def _build_timeline(request: ScheduleRequest) -> list[_Node]:
             continue
         gpus: list[_Gpu] = []
         for slot in sorted(view.gpus, key=lambda s: s.index):
-            holder = holders.get((view.name, slot.index))
-            if holder is not None:
-                end = holder.expected_end_at or default_end
-                free_at = max(end, now + timedelta(seconds=_OVERDUE_S))
-                gpus.append(_Gpu(slot.index, free_at, holder.job_id, holder.progress))
+            held_by = holders.get((view.name, slot.index))
+            if held_by is not None:
+                end = (
+                    request.default_runtime_s
+                    if held_by.expected_end_at is None
+                    else _seconds(held_by.expected_end_at, now)
+                )
+                holder = _Holder(held_by.job_id, held_by.progress, held_by.source)
+                gpus.append(_Gpu(slot.index, max(end, _OVERDUE_S), holder))
             elif not slot.outside:
-                gpus.append(_Gpu(slot.index, now, None))
-        nodes.append(_Node(view.name, gpus, len(view.gpus)))
+                gpus.append(_Gpu(slot.index, 0.0, None))
+        nodes.append(_Node(view.name, gpus, len(view.gpus), view.links))
     return nodes
 
 
-def _earliest_fit(
-    nodes: list[_Node], count: int, floor: datetime
-) -> tuple[datetime, _Node, list[_Gpu]] | None:
-    """The earliest time ≥ floor at which one node has `count` GPUs free; ties go to the first node."""
-    best: tuple[datetime, _Node, list[_Gpu]] | None = None
-    for node in nodes:
-        if len(node.gpus) < count:
-            continue
-        by_free = sorted(node.gpus, key=lambda g: (g.free_at, g.index))
-        start_at = max(floor, by_free[count - 1].free_at)
-        if best is None or start_at < best[0]:
-            # Of the GPUs free by then, take those that freed last: long-free runs stay together.
-            ready = [g for g in by_free if g.free_at <= start_at]
-            chosen = sorted(ready, key=lambda g: (g.free_at, -g.index))[len(ready) - count :]
-            best = (start_at, node, chosen)
-    return best
+def _user_bookings(request: ScheduleRequest) -> dict[str, list[tuple[float, float, int]]]:
+    bookings: dict[str, list[tuple[float, float, int]]] = {}
+    if request.rules.max_gpus_per_user is None:
+        return bookings
+    for run in request.running:
+        end = (
+            request.default_runtime_s
+            if run.expected_end_at is None
+            else _seconds(run.expected_end_at, request.now)
+        )
+        bookings.setdefault(run.user, []).append((0.0, max(end, _OVERDUE_S), len(run.gpu_indices)))
+    return bookings
+
+
+def _seconds(at: datetime, now: datetime) -> float:
+    return (at - now).total_seconds()
 
 
 def _unforeseeable_reason(nodes: list[_Node], count: int, views: tuple[NodeView, ...]) -> WaitReason:

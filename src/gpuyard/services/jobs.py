@@ -1,57 +1,38 @@
-"""Use cases on jobs: submit, look up, list, cancel, read logs, and the queue and GPU views."""
+"""Use cases on jobs: submit, look up, list, cancel, hold, release, change priority, read logs, and the queue,
+wait and GPU views."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from gpuyard.adapters.broker.messages import Cancel
 from gpuyard.adapters.db import jobs_repo, repo
 from gpuyard.adapters.db.engine import Database
-from gpuyard.domain.errors import InvalidTransition, JobNotFound, NoNodeFits, PermissionDenied
-from gpuyard.domain.jobs import JobSpec, JobState
-from gpuyard.scheduling.explain import explain
-from gpuyard.scheduling.model import Estimate, PendingJob
+from gpuyard.domain.errors import (
+    InvalidTransition,
+    JobNotFound,
+    NoNodeFits,
+    PermissionDenied,
+    QuotaExceeded,
+)
+from gpuyard.domain.jobs import JobSpec, JobState, Priority
+from gpuyard.scheduling.model import Estimate
 from gpuyard.services.auth import User
 from gpuyard.services.ports import Clock, Publisher
 from gpuyard.services.scheduler import PassResult, SchedulerService
+from gpuyard.services.waits import WaitInfo, describe_wait, wait_info
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-# Times in reasons are in the workstation's own time zone: the one its users live in.
-LOCAL_TZ = datetime.now().astimezone().tzinfo or UTC
-
-
-@dataclass(frozen=True)
-class WaitInfo:
-    position: int | None
-    estimated_start_at: Any
-    estimated_wait_s: float | None
-    reason: str
-    reason_text: str
-
-
-def wait_info(job: Row, result: PassResult) -> WaitInfo | None:
-    """Where a waiting (or just placed) job stands, from a scheduling pass."""
-    estimate = result.decision.estimates.get(job["id"])
-    return None if estimate is None else describe_wait(estimate, gpus=job["gpus"], now=result.now)
-
-
-def describe_wait(estimate: Estimate, *, gpus: int, now: datetime) -> WaitInfo:
-    wait_s = None
-    if estimate.start_at is not None:
-        wait_s = max(0.0, (estimate.start_at - now).total_seconds())
-    return WaitInfo(
-        position=estimate.position,
-        estimated_start_at=estimate.start_at,
-        estimated_wait_s=wait_s,
-        reason=estimate.reason.value,
-        reason_text=explain(estimate, gpus=gpus, now=now, tz=LOCAL_TZ),
-    )
 
 
 _UNSET_AT_SUBMIT = (
@@ -66,6 +47,7 @@ _UNSET_AT_SUBMIT = (
     "metrics",
     "node",
     "gpu_indices",
+    "held_at",
 )
 
 
@@ -85,21 +67,51 @@ def _new_job_row(job_id: int, user: User, spec: JobSpec, now: datetime) -> Row:
     return row
 
 
+Submission = tuple[User, JobSpec, "asyncio.Future[Accepted]"]
+# A conditional update of a waiting job: (connection, now) -> whether it changed the row.
+Change = Callable[["AsyncConnection", datetime], Awaitable[bool]]
+
+
+def _quota_text(waiting: int, limit: int) -> str:
+    limit_text = "the limit per user" if waiting == limit else f"over the limit of {limit} per user"
+    return f"You have {waiting} jobs waiting, {limit_text}: wait for some to start, or cancel some."
+
+
+def _not_waiting(job: Row, *, what: str, hint: str = "") -> InvalidTransition:
+    """The error for a queue control (or question) on a job that is not in line (any more)."""
+    state = JobState(job["state"])
+    where = f"has already ended ({state.value})" if state.is_final else f"is {state.value}"
+    return InvalidTransition(f"Job {job['id']} {where}: only a waiting job {what}.{hint}")
+
+
 class JobService:
+    """Jobs' use cases. `urgent_admins_only`: only admins may submit urgent jobs or raise jobs to urgent.
+    `max_waiting_jobs_per_user`: how many jobs one user may have waiting at once (None: no limit)."""
+
     def __init__(
-        self, db: Database, scheduler: SchedulerService, publisher: Publisher, *, clock: Clock
+        self,
+        db: Database,
+        scheduler: SchedulerService,
+        publisher: Publisher,
+        *,
+        clock: Clock,
+        urgent_admins_only: bool = True,
+        max_waiting_jobs_per_user: int | None = None,
     ) -> None:
         self._db = db
         self._scheduler = scheduler
         self._publisher = publisher
         self._clock = clock
-        self._incoming: list[tuple[User, JobSpec, asyncio.Future[Accepted]]] = []
+        self._urgent_admins_only = urgent_admins_only
+        self._max_waiting = max_waiting_jobs_per_user
+        self._incoming: list[Submission] = []
         self._inserter: asyncio.Task[None] | None = None
 
     async def submit(self, user: User, spec: JobSpec) -> tuple[Row, WaitInfo | None]:
         """Accept a job (it is in the database when this returns) and say where it stands.
 
         Concurrent submissions share one transaction and one scheduling pass (group commit)."""
+        self._check_priority(user, spec.priority)
         last = self._scheduler.last or await self._scheduler.run_pass()
         largest = last.largest_node_gpus
         if largest is not None and spec.gpus > largest:
@@ -136,6 +148,7 @@ class JobService:
             now = self._clock()
             try:
                 async with self._db.write() as conn:
+                    batch = await self._within_quota(conn, batch)
                     ids = await jobs_repo.insert_jobs(
                         conn, [(spec, user.id) for user, spec, _ in batch], now=now
                     )
@@ -144,8 +157,10 @@ class JobService:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            if not batch:
+                continue
             newcomers = [
-                PendingJob(job_id, job_id, spec.gpus, spec.priority.rank, user.name, spec.time_limit_s)
+                self._scheduler.newcomer(job_id, user=user.name, spec=spec)
                 for (user, spec, _), job_id in zip(batch, ids, strict=True)
             ]
             estimates = self._scheduler.try_extend(newcomers, now=now)
@@ -153,12 +168,34 @@ class JobService:
                 if not future.done():
                     future.set_result(Accepted(job_id, now, estimates[i] if estimates else None))
 
+    async def _within_quota(self, conn: AsyncConnection, batch: list[Submission]) -> list[Submission]:
+        """The submissions that keep their users within the waiting-jobs limit, counted in the insert's
+        own transaction (exact under concurrent submissions); the others get QuotaExceeded."""
+        limit = self._max_waiting
+        if limit is None:
+            return batch
+        waiting = await jobs_repo.count_waiting(conn, {user.id for user, _, _ in batch})
+        kept = []
+        for user, spec, future in batch:
+            count = waiting.get(user.id, 0)
+            if count >= limit:
+                if not future.done():
+                    future.set_exception(QuotaExceeded(_quota_text(count, limit)))
+                continue
+            waiting[user.id] = count + 1
+            kept.append((user, spec, future))
+        return kept
+
+    def _check_priority(self, user: User, priority: Priority) -> None:
+        if priority is Priority.URGENT and self._urgent_admins_only and not user.is_admin:
+            raise PermissionDenied("Only admins may use the urgent priority: ask an admin, or use high.")
+
     async def get(self, user: User, job_id: int, *, with_attempts: bool = False) -> Row:
         async with self._db.read() as conn:
             job = await jobs_repo.get_job(conn, job_id)
             if job is None:
                 raise JobNotFound(job_id)
-            self._check_owner(user, job, "see")
+            self._check_owner(user, job, "see it")
             if with_attempts:
                 job["attempts"] = await jobs_repo.get_attempts(conn, job_id)
         return job
@@ -178,7 +215,7 @@ class JobService:
     async def cancel(self, user: User, job_id: int) -> Row:
         now = self._clock()
         job = await self.get(user, job_id)
-        self._check_owner(user, job, "cancel")
+        self._check_owner(user, job, "cancel it")
         state = JobState(job["state"])
         if state.is_final:
             raise InvalidTransition(f"Job {job_id} is already {state.value}: there is nothing to cancel.")
@@ -211,6 +248,82 @@ class JobService:
             await self._scheduler.flush_outbox()
         return await self.get(user, job_id)
 
+    async def hold(self, user: User, job_id: int) -> Row:
+        """Keep a waiting job from starting. It keeps its place in line; the policy passes over it."""
+
+        async def change(conn: AsyncConnection, now: datetime) -> bool:
+            return await jobs_repo.hold(conn, job_id=job_id, now=now)
+
+        return await self._change_waiting(
+            user, job_id, action="hold it", what="can be held", done="held", change=change
+        )
+
+    async def release(self, user: User, job_id: int) -> Row:
+        """Let a held job start again when its turn comes."""
+
+        async def change(conn: AsyncConnection, now: datetime) -> bool:
+            return await jobs_repo.release(conn, job_id=job_id, now=now)
+
+        return await self._change_waiting(
+            user, job_id, action="release it", what="can be released", done="released", change=change
+        )
+
+    async def set_priority(self, user: User, job_id: int, priority: Priority) -> Row:
+        """Move a waiting job to another priority; within it, it keeps its submission order."""
+        self._check_priority(user, priority)
+
+        async def change(conn: AsyncConnection, now: datetime) -> bool:
+            return await jobs_repo.set_priority(conn, job_id=job_id, priority=priority, now=now)
+
+        return await self._change_waiting(
+            user,
+            job_id,
+            action="change its priority",
+            what="can change priority",
+            done=f"set to {priority.value} priority",
+            change=change,
+        )
+
+    async def _change_waiting(
+        self, user: User, job_id: int, *, action: str, what: str, done: str, change: Change
+    ) -> Row:
+        """Apply a conditional change to a waiting job of `user` (or any job, for an admin). A change that
+        is already in place (hold a held job) changes nothing and is no error."""
+        now = self._clock()
+        async with self._db.write() as conn:
+            job = await jobs_repo.get_job(conn, job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            self._check_owner(user, job, action)
+            changed = await change(conn, now)
+            if not changed:
+                job = await jobs_repo.get_job(conn, job_id)
+                assert job is not None
+                if job["state"] != JobState.QUEUED.value:
+                    raise _not_waiting(job, what=what)
+        if changed:
+            log.info("job %s %s by %s", job_id, done, user.name)
+            self._scheduler.wake()
+        return await self.get(user, job_id)
+
+    async def wait(self, user: User, job_id: int) -> tuple[Row, WaitInfo, datetime]:
+        """Where a waiting job stands and why, from a fresh pass (and when that pass ran). Anyone may ask:
+        everyone sees the queue."""
+        async with self._db.read() as conn:
+            job = await jobs_repo.get_job(conn, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        what, hint = "has a place in line", f" See where it is with `gpuyard show {job_id}`."
+        if job["state"] != JobState.QUEUED.value:
+            raise _not_waiting(job, what=what, hint=hint)
+        result = await self._scheduler.run_pass()
+        info = wait_info(job, result) if job_id in result.pending else None
+        if info is None:  # it left the line meanwhile
+            async with self._db.read() as conn:
+                current = await jobs_repo.get_job(conn, job_id)
+            raise JobNotFound(job_id) if current is None else _not_waiting(current, what=what, hint=hint)
+        return {**job, **result.pending[job_id]}, info, result.now
+
     async def logs(
         self, user: User, job_id: int, *, offset: int, attempt: int | None, limit_bytes: int
     ) -> tuple[Row, int, bytes, int]:
@@ -240,8 +353,8 @@ class JobService:
         return nodes, holders
 
     @staticmethod
-    def _check_owner(user: User, job: Row, verb: str) -> None:
+    def _check_owner(user: User, job: Row, action: str) -> None:
         if not user.is_admin and job["user_id"] != user.id:
             raise PermissionDenied(
-                f"Job {job['id']} belongs to {job['user']}: only its owner or an admin can {verb} it."
+                f"Job {job['id']} belongs to {job['user']}: only its owner or an admin can {action}."
             )

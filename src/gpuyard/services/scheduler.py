@@ -7,31 +7,54 @@ after its call, and many concurrent callers share one pass.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gpuyard.adapters.broker.messages import Dispatch
-from gpuyard.adapters.db import jobs_repo, repo
+from gpuyard.adapters.db import history_repo, jobs_repo, repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.domain.errors import BrokerUnavailable
+from gpuyard.domain.jobs import JobSpec
 from gpuyard.scheduling.model import (
     Decision,
     Estimate,
     GpuSlot,
     NodeView,
     PendingJob,
+    Rules,
     RunningJob,
+    RuntimeSource,
     ScheduleRequest,
 )
 from gpuyard.scheduling.policy import Timeline, extend, schedule
+from gpuyard.services.history import RuntimeHistory, build_history, gpu_seconds_by_user
 from gpuyard.services.ports import Clock, Publisher
 
 log = logging.getLogger(__name__)
 
 # A running job's own progress is trusted for its expected end once it has reported this fraction.
 _MIN_PROGRESS = 0.01
+
+
+@dataclass(frozen=True)
+class SchedulingConfig:
+    """The controller's scheduling settings (see docs/configuration.md)."""
+
+    default_runtime_s: float = 3600.0
+    node_lease_s: float = 30.0
+    backfill: bool = True
+    aging_s: float | None = None
+    max_gpus_per_user: int | None = None
+    fair_share: bool = False
+    fair_share_window_s: float = 7 * 86400.0
+    links: frozenset[tuple[int, int]] = frozenset()
+    history_window_s: float = 30 * 86400.0
+    refresh_s: float = 60.0  # how often the history of runtimes and the fair-share usage are re-read
 
 
 @dataclass(frozen=True)
@@ -42,17 +65,23 @@ class PassResult:
     largest_node_gpus: int | None = None
 
 
-def expected_end_at(row: dict[str, Any], *, default_runtime_s: float) -> tuple[datetime, float | None]:
-    """When a job holding GPUs should end, from its progress, else its time limit, else the default."""
+def expected_end(
+    row: dict[str, Any], *, now: datetime, history: RuntimeHistory, default_runtime_s: float
+) -> tuple[datetime, float | None, RuntimeSource]:
+    """When a job holding GPUs should end: from its progress, else its time limit, else the history of
+    similar jobs, else the default runtime."""
     began: datetime = row["started_at"] or row["dispatched_at"]
     progress = None
     if row["progress_total"] and row["progress_step"] is not None and row["started_at"] is not None:
         progress = min(max(row["progress_step"] / row["progress_total"], 0.0), 1.0)
     if progress is not None and progress >= _MIN_PROGRESS and row["started_at"] is not None:
-        return began + (row["_now"] - began) / progress, progress
+        return began + (now - began) / progress, progress, RuntimeSource.PROGRESS
     if row["time_limit_s"]:
-        return began + timedelta(seconds=row["time_limit_s"]), progress
-    return began + timedelta(seconds=default_runtime_s), progress
+        return began + timedelta(seconds=row["time_limit_s"]), progress, RuntimeSource.TIME_LIMIT
+    known = history.expected_runtime_s(user=row["user"], name=row["name"], command=json.dumps(row["argv"]))
+    if known is not None:
+        return began + timedelta(seconds=known), progress, RuntimeSource.HISTORY
+    return began + timedelta(seconds=default_runtime_s), progress, RuntimeSource.DEFAULT
 
 
 def node_online(node: dict[str, Any], *, now: datetime, node_lease_s: float) -> bool:
@@ -67,18 +96,24 @@ def build_request(
     pending: list[dict[str, Any]],
     active: list[dict[str, Any]],
     nodes: list[dict[str, Any]],
-    default_runtime_s: float,
-    node_lease_s: float,
+    config: SchedulingConfig,
+    history: RuntimeHistory | None = None,
+    usage_s: dict[str, float] | None = None,
 ) -> ScheduleRequest:
+    history = history or RuntimeHistory()
     running = []
     for row in active:
-        end_at, progress = expected_end_at({**row, "_now": now}, default_runtime_s=default_runtime_s)
-        running.append(RunningJob(row["id"], row["node"], tuple(row["gpu_indices"]), end_at, progress))
+        end_at, progress, source = expected_end(
+            row, now=now, history=history, default_runtime_s=config.default_runtime_s
+        )
+        gpus = tuple(row["gpu_indices"])
+        running.append(RunningJob(row["id"], row["node"], gpus, end_at, progress, row["user"], source))
     views = tuple(
         NodeView(
             name=n["name"],
             gpus=tuple(GpuSlot(g["index"], outside=bool(g.get("outside"))) for g in n["gpus"]),
-            online=node_online(n, now=now, node_lease_s=node_lease_s),
+            online=node_online(n, now=now, node_lease_s=config.node_lease_s),
+            links=config.links,
         )
         for n in nodes
     )
@@ -90,10 +125,22 @@ def build_request(
             priority_rank=r["priority_rank"],
             user=r["user"],
             time_limit_s=r["time_limit_s"],
+            expected_runtime_s=history.expected_runtime_s(
+                user=r["user"], name=r["name"], command=r.get("command")
+            ),
+            held=r.get("held_at") is not None,
+            waiting_s=max(0.0, (now - r["submitted_at"]).total_seconds()),
         )
         for r in pending
     )
-    return ScheduleRequest(now, waiting, tuple(running), views, default_runtime_s)
+    rules = Rules(
+        backfill=config.backfill,
+        aging_s=config.aging_s,
+        max_gpus_per_user=config.max_gpus_per_user,
+        fair_share=config.fair_share,
+        usage_s=usage_s or {},
+    )
+    return ScheduleRequest(now, waiting, tuple(running), views, config.default_runtime_s, rules)
 
 
 class SchedulerService:
@@ -103,16 +150,17 @@ class SchedulerService:
         publisher: Publisher,
         *,
         clock: Clock,
-        default_runtime_s: float,
-        node_lease_s: float,
+        config: SchedulingConfig,
         max_extend_age_s: float = 5.0,
     ) -> None:
         self._db = db
         self._publisher = publisher
         self._clock = clock
-        self._default_runtime_s = default_runtime_s
-        self._node_lease_s = node_lease_s
+        self.config = config
         self._max_extend_age_s = max_extend_age_s
+        self._history = RuntimeHistory()
+        self._usage_s: dict[str, float] = {}
+        self._refreshed_at: datetime | None = None
         self._lock = asyncio.Lock()
         self._requested = 0
         self._completed = 0
@@ -141,6 +189,19 @@ class SchedulerService:
     def last(self) -> PassResult | None:
         """The latest pass's result, if any pass ran."""
         return self._last
+
+    def newcomer(self, job_id: int, *, user: str, spec: JobSpec) -> PendingJob:
+        """A job just accepted, as the policy sees it (its expected runtime from history)."""
+        command = json.dumps(list(spec.argv))
+        return PendingJob(
+            job_id=job_id,
+            seq=job_id,
+            gpus=spec.gpus,
+            priority_rank=spec.priority.rank,
+            user=user,
+            time_limit_s=spec.time_limit_s,
+            expected_runtime_s=self._history.expected_runtime_s(user=user, name=spec.name, command=command),
+        )
 
     def try_extend(self, jobs: list[PendingJob], *, now: datetime) -> list[Estimate] | None:
         """Estimates for jobs just accepted (in submission order) that join the end of the line, from the
@@ -186,14 +247,20 @@ class SchedulerService:
             active = await jobs_repo.active_attempts(conn)
             if self._nodes is None:
                 self._nodes = {n["name"]: n for n in await repo.list_nodes(conn)}
+            if (
+                self._refreshed_at is None
+                or (now - self._refreshed_at).total_seconds() >= self.config.refresh_s
+            ):
+                await self._refresh_history(conn, now)
         nodes = sorted(self._nodes.values(), key=lambda n: str(n["name"]))
         request = build_request(
             now=now,
             pending=pending,
             active=active,
             nodes=nodes,
-            default_runtime_s=self._default_runtime_s,
-            node_lease_s=self._node_lease_s,
+            config=self.config,
+            history=self._history,
+            usage_s=self._usage_s,
         )
         decision = schedule(request)
         self.pass_count += 1
@@ -204,6 +271,16 @@ class SchedulerService:
             await self.flush_outbox(rows)
         largest = max((len(n["gpus"]) for n in nodes), default=None)
         return PassResult(now, decision, waiting, largest)
+
+    async def _refresh_history(self, conn: AsyncConnection, now: datetime) -> None:
+        """Re-read runtimes of finished jobs and, with fair share, each user's recent GPU time."""
+        since = now - timedelta(seconds=self.config.history_window_s)
+        self._history = build_history(await history_repo.finished_runs(conn, since=since))
+        if self.config.fair_share:
+            window_start = now - timedelta(seconds=self.config.fair_share_window_s)
+            rows = await history_repo.gpu_time_rows(conn, since=window_start)
+            self._usage_s = gpu_seconds_by_user(rows, since=window_start, now=now)
+        self._refreshed_at = now
 
     async def _apply(
         self,

@@ -6,11 +6,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import String, and_, cast, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gpuyard.adapters.db.tables import attempts, jobs, users
-from gpuyard.domain.jobs import ACTIVE_STATES, JobSpec, JobState
+from gpuyard.domain.jobs import ACTIVE_STATES, JobSpec, JobState, Priority
 
 Row = dict[str, Any]
 
@@ -55,6 +55,8 @@ async def insert_jobs(
     conn: AsyncConnection, items: Sequence[tuple[JobSpec, int]], *, now: datetime
 ) -> list[int]:
     """Insert many jobs in one statement; ids come back in the order given."""
+    if not items:
+        return []
     query = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
     result = await conn.execute(query, [job_values(spec, user_id, now) for spec, user_id in items])
     return [int(job_id) for job_id in result.scalars()]
@@ -102,6 +104,8 @@ async def pending_jobs(conn: AsyncConnection) -> list[Row]:
             jobs.c.name,
             jobs.c.priority,
             jobs.c.submitted_at,
+            jobs.c.held_at,
+            cast(jobs.c.argv, String).label("command"),  # as text: a key for the history of runtimes
             users.c.name.label("user"),
         )
         .join(users, users.c.id == jobs.c.user_id)
@@ -123,6 +127,16 @@ async def active_attempts(conn: AsyncConnection) -> list[Row]:
     return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
+async def count_waiting(conn: AsyncConnection, user_ids: Collection[int]) -> dict[int, int]:
+    """How many jobs each of these users has waiting (held ones included), in one COUNT query."""
+    query = (
+        select(jobs.c.user_id, func.count())
+        .where(jobs.c.state == JobState.QUEUED.value, jobs.c.user_id.in_(list(user_ids)))
+        .group_by(jobs.c.user_id)
+    )
+    return {int(user_id): int(n) for user_id, n in (await conn.execute(query)).all()}
+
+
 async def count_by_state(conn: AsyncConnection) -> dict[str, int]:
     query = select(jobs.c.state, func.count()).group_by(jobs.c.state)
     return {state: int(n) for state, n in (await conn.execute(query)).all()}
@@ -138,10 +152,10 @@ async def dispatch(
     now: datetime,
 ) -> Row | None:
     """queued → dispatched with a new attempt. Returns what the worker needs (attempt, argv, env, ...),
-    or None if the job moved on."""
+    or None if the job moved on or was held since the snapshot (a held job never starts)."""
     result = await conn.execute(
         update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value)
+        .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value, jobs.c.held_at.is_(None))
         .values(state=JobState.DISPATCHED.value, attempt=jobs.c.attempt + 1, updated_at=now)
         .returning(jobs.c.attempt, jobs.c.name, jobs.c.argv, jobs.c.workdir, jobs.c.env, jobs.c.time_limit_s)
     )
@@ -211,3 +225,39 @@ async def request_cancel(conn: AsyncConnection, *, job_id: int, now: datetime) -
         .where(jobs.c.id == job_id, jobs.c.cancel_requested_at.is_(None))
         .values(cancel_requested_at=now, updated_at=now)
     )
+
+
+# Queue controls on a waiting job. Each is conditional on the job still waiting, so a job dispatched in the
+# meantime is left alone; each returns whether it changed the row.
+
+_WAITING = jobs.c.state == JobState.QUEUED.value
+
+
+async def hold(conn: AsyncConnection, *, job_id: int, now: datetime) -> bool:
+    """Hold a waiting job that is not held yet."""
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, _WAITING, jobs.c.held_at.is_(None))
+        .values(held_at=now, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+async def release(conn: AsyncConnection, *, job_id: int, now: datetime) -> bool:
+    """Release a held waiting job."""
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, _WAITING, jobs.c.held_at.is_not(None))
+        .values(held_at=None, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+async def set_priority(conn: AsyncConnection, *, job_id: int, priority: Priority, now: datetime) -> bool:
+    """Give a waiting job another priority (its submission order, the FIFO tie-break, stays)."""
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, _WAITING, jobs.c.priority != priority.value)
+        .values(priority=priority.value, priority_rank=priority.rank, updated_at=now)
+    )
+    return bool(result.rowcount)

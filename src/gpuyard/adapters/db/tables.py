@@ -91,6 +91,8 @@ jobs = Table(
     Column("progress_total", Float, nullable=True),
     Column("metrics", JSON, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Set while its owner or an admin holds the job: it keeps its place in line but does not start.
+    Column("held_at", UtcDateTime(), nullable=True),
 )
 Index("ix_jobs_state_order", jobs.c.state, jobs.c.priority_rank, jobs.c.id)
 Index("ix_jobs_user_state", jobs.c.user_id, jobs.c.state)

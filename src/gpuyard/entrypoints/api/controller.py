@@ -17,9 +17,10 @@ from gpuyard.adapters.db.migrate import migrate
 from gpuyard.domain.errors import BrokerUnavailable, ConfigurationError
 from gpuyard.services.auth import AuthService, check_user_name
 from gpuyard.services.events import EventService
+from gpuyard.services.history import parse_links
 from gpuyard.services.jobs import JobService
 from gpuyard.services.ports import Clock, utc_now
-from gpuyard.services.scheduler import SchedulerService
+from gpuyard.services.scheduler import SchedulerService, SchedulingConfig
 from gpuyard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,23 @@ def default_admin_name() -> str:
         return check_user_name(name)
     except Exception:
         return "admin"
+
+
+def scheduling_config(settings: Settings) -> SchedulingConfig:
+    try:
+        links = parse_links(settings.gpu_links)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from e
+    return SchedulingConfig(
+        default_runtime_s=settings.default_runtime_s,
+        node_lease_s=settings.node_lease_s,
+        backfill=settings.backfill,
+        aging_s=settings.aging_s,
+        max_gpus_per_user=settings.max_gpus_per_user,
+        fair_share=settings.fair_share,
+        fair_share_window_s=settings.fair_share_window_s,
+        links=links,
+    )
 
 
 def hold_data_dir(data_dir: Path) -> TextIO:
@@ -59,14 +77,17 @@ class Controller:
         self.db = Database(settings.db_url)
         self.broker = RabbitmqBroker(settings.amqp_url, instance=settings.instance_name())
         self.scheduler = SchedulerService(
-            self.db,
-            self.broker,
-            clock=clock,
-            default_runtime_s=settings.default_runtime_s,
-            node_lease_s=settings.node_lease_s,
+            self.db, self.broker, clock=clock, config=scheduling_config(settings)
         )
         self.events = EventService(self.db, self.scheduler, clock=clock)
-        self.jobs = JobService(self.db, self.scheduler, self.broker, clock=clock)
+        self.jobs = JobService(
+            self.db,
+            self.scheduler,
+            self.broker,
+            clock=clock,
+            urgent_admins_only=settings.urgent_admins_only,
+            max_waiting_jobs_per_user=settings.max_waiting_jobs_per_user,
+        )
         self.auth = AuthService(self.db, clock=clock)
         self.broker_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

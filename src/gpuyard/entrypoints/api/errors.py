@@ -17,6 +17,7 @@ STATUS: dict[type[e.GpuyardError], int] = {
     e.UserExists: 409,
     e.NotAuthenticated: 401,
     e.PermissionDenied: 403,
+    e.QuotaExceeded: 429,
     e.BrokerUnavailable: 503,
     e.ConfigurationError: 500,
 }

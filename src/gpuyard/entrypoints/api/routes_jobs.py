@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from gpuyard.domain.errors import InvalidJobSpec
-from gpuyard.domain.jobs import JobState, make_spec
+from gpuyard.domain.jobs import JobState, Priority, make_spec
 from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
 from gpuyard.entrypoints.api.schemas import (
     AttemptPublic,
@@ -19,15 +19,18 @@ from gpuyard.entrypoints.api.schemas import (
     JobPublic,
     JobsPublic,
     JobSubmitted,
+    JobWaitPublic,
     LogsPublic,
+    PriorityChange,
     QueueEntry,
     QueuePublic,
 )
-from gpuyard.services.jobs import WaitInfo, wait_info
+from gpuyard.services.waits import STARTING_NOW, wait_info
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)}
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 429: {"model": ErrorBody}}
 MAX_LOG_BYTES = 1024 * 1024
 
 
@@ -54,6 +57,7 @@ def _job_fields(row: dict[str, Any]) -> dict[str, Any]:
         "failure_class": row["failure_class"],
         "error": row["error"],
         "cancel_requested": row["cancel_requested_at"] is not None,
+        "held": is_held(row),
         "progress": progress,
         "progress_step": step,
         "progress_total": total,
@@ -61,6 +65,23 @@ def _job_fields(row: dict[str, Any]) -> dict[str, Any]:
         "node": row.get("node"),
         "gpu_indices": row.get("gpu_indices"),
         "attempts": [AttemptPublic(**a) for a in attempts] if attempts is not None else None,
+    }
+
+
+def is_held(row: dict[str, Any]) -> bool:
+    """Held and still waiting (a cancelled job that was held is no longer held)."""
+    return row.get("held_at") is not None and row["state"] == JobState.QUEUED.value
+
+
+def _waiting_job(row: dict[str, Any]) -> dict[str, Any]:
+    """A waiting job in brief (the queue's columns): no command, no environment."""
+    return {
+        "id": row["id"],
+        "user": row["user"],
+        "name": row["name"],
+        "gpus": row["gpus"],
+        "priority": row["priority"],
+        "held": row["held_at"] is not None,
     }
 
 
@@ -77,7 +98,9 @@ def _parse_states(values: list[str]) -> list[str]:
     return states
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobSubmitted, responses=ERRORS)
+@router.post(
+    "/jobs", status_code=status.HTTP_201_CREATED, response_model=JobSubmitted, responses=SUBMIT_ERRORS
+)
 async def submit_job(body: JobCreate, user: CurrentUser, controller: ControllerDep) -> Response:
     """Queue a job. The answer says its place in line, when it should start and why it waits."""
     spec = make_spec(
@@ -91,13 +114,7 @@ async def submit_job(body: JobCreate, user: CurrentUser, controller: ControllerD
     )
     row, wait = await controller.jobs.submit(user, spec)
     if wait is None:  # placed, and past the pass that placed it
-        wait = WaitInfo(
-            position=0,
-            estimated_start_at=None,
-            estimated_wait_s=0.0,
-            reason="starting",
-            reason_text="starting now",
-        )
+        wait = STARTING_NOW
     submitted = JobSubmitted(**_job_fields(row), **wait.__dict__)
     # The hot path: serialised once here rather than validated again against the response model.
     return Response(
@@ -138,6 +155,35 @@ async def get_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> 
 async def cancel_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Cancel a job: a waiting one at once; a running one gets SIGTERM, then SIGKILL after a grace period."""
     return job_public(await controller.jobs.cancel(user, job_id))
+
+
+@router.post("/jobs/{job_id}/hold", response_model=JobPublic, responses=ERRORS)
+async def hold_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+    """Hold a waiting job: it keeps its place in line but does not start until released."""
+    return job_public(await controller.jobs.hold(user, job_id))
+
+
+@router.post("/jobs/{job_id}/release", response_model=JobPublic, responses=ERRORS)
+async def release_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+    """Release a held job: it starts when its turn comes."""
+    return job_public(await controller.jobs.release(user, job_id))
+
+
+@router.post("/jobs/{job_id}/priority", response_model=JobPublic, responses=ERRORS)
+async def change_priority(
+    job_id: int, body: PriorityChange, user: CurrentUser, controller: ControllerDep
+) -> JobPublic:
+    """Give a waiting job another priority. Within a priority, jobs keep their submission order."""
+    priority = Priority.parse(body.priority)
+    return job_public(await controller.jobs.set_priority(user, job_id, priority))
+
+
+@router.get("/jobs/{job_id}/wait", response_model=JobWaitPublic, responses=ERRORS)
+async def job_wait(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobWaitPublic:
+    """Where a waiting job stands: place in line, estimated start with its band, and why it waits.
+    Anyone may ask, as anyone sees the queue; a job that is not waiting gets 409."""
+    row, wait, now = await controller.jobs.wait(user, job_id)
+    return JobWaitPublic(**_waiting_job(row), now=now, **wait.__dict__)
 
 
 @router.get("/jobs/{job_id}/logs", response_model=LogsPublic, responses=ERRORS)
@@ -219,15 +265,5 @@ async def queue(_user: CurrentUser, controller: ControllerDep) -> QueuePublic:
     for row in rows:
         wait = wait_info(row, result)
         assert wait is not None
-        entries.append(
-            QueueEntry(
-                id=row["id"],
-                user=row["user"],
-                name=row["name"],
-                gpus=row["gpus"],
-                priority=row["priority"],
-                submitted_at=row["submitted_at"],
-                **wait.__dict__,
-            )
-        )
+        entries.append(QueueEntry(**_waiting_job(row), submitted_at=row["submitted_at"], **wait.__dict__))
     return QueuePublic(now=result.now, data=entries)

@@ -64,6 +64,9 @@ class JobPublic(BaseModel):
     failure_class: str | None
     error: str | None
     cancel_requested: bool
+    held: bool = Field(
+        False, description="Held by its owner or an admin: it keeps its place, does not start."
+    )
     progress: float | None = Field(description="Fraction done, from what the job reports (0..1).")
     progress_step: float | None
     progress_total: float | None
@@ -74,19 +77,53 @@ class JobPublic(BaseModel):
 
 
 class WaitPublic(BaseModel):
-    position: int | None = Field(description="1 is next in line.")
-    estimated_start_at: datetime | None
+    """Where a waiting job stands: its place, when it should start (with a band), and why it waits."""
+
+    position: int | None = Field(description="1 is next in line; 0: starting now.")
+    estimated_start_at: datetime | None = Field(description="null: no start can be foreseen.")
+    estimated_start_earliest_at: datetime | None = Field(
+        None, description="The band around the estimated start: its earliest end."
+    )
+    estimated_start_latest_at: datetime | None = Field(
+        None, description="The band around the estimated start: its latest end."
+    )
     estimated_wait_s: float | None
-    reason: str = Field(description="A code: starting, gpus_busy, behind_earlier_jobs, ...")
+    reason: str = Field(description="A code: starting, gpus_busy, behind_earlier_jobs, held, ...")
     reason_text: str = Field(description="The reason in plain words.")
+    source: str | None = Field(
+        None,
+        description="Where the runtimes behind the estimate come from: progress | time_limit | "
+        "history | default (null for a job already starting).",
+    )
+    backfill: bool = Field(
+        False, description="Starts ahead of earlier jobs: its time limit proves it delays none of them."
+    )
 
 
-class JobSubmitted(JobPublic):
-    position: int | None
-    estimated_start_at: datetime | None
-    estimated_wait_s: float | None
-    reason: str
-    reason_text: str
+class JobSubmitted(WaitPublic, JobPublic):
+    """A job just submitted, with where it stands."""
+
+
+class WaitingJob(BaseModel):
+    """A waiting job in brief, as everyone may see it in the queue."""
+
+    id: int
+    user: str
+    name: str
+    gpus: int
+    priority: PriorityName
+    held: bool = Field(description="Held by its owner or an admin: it keeps its place, does not start.")
+
+
+class JobWaitPublic(WaitPublic, WaitingJob):
+    """GET /jobs/{id}/wait: where one waiting job stands and why."""
+
+    now: datetime = Field(description="When the estimate was made.")
+
+
+class PriorityChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: str = Field(description="low | normal | high | urgent (urgent: admins, by default).")
 
 
 class JobsPublic(BaseModel):
@@ -104,18 +141,8 @@ class LogsPublic(BaseModel):
     complete: bool = Field(description="True once the job is final and everything has been read.")
 
 
-class QueueEntry(BaseModel):
-    id: int
-    user: str
-    name: str
-    gpus: int
-    priority: PriorityName
+class QueueEntry(WaitPublic, WaitingJob):
     submitted_at: datetime
-    position: int | None
-    estimated_start_at: datetime | None
-    estimated_wait_s: float | None
-    reason: str
-    reason_text: str
 
 
 class QueuePublic(BaseModel):

@@ -77,3 +77,79 @@ def parse_duration(text: str) -> int:
     if number:
         raise ValueError(f"Cannot read the duration {text!r}: write e.g. 90, 90s, 30m, 2h or 1h30m.")
     return total
+
+
+def hhmm(value: str | None) -> str:
+    """A time as people say it: 14:05 today, else with the date."""
+    at = parse_time(value)
+    if at is None:
+        return "-"
+    local = at.astimezone()
+    today = datetime.now(UTC).astimezone().date()
+    return local.strftime("%H:%M") if local.date() == today else local.strftime("%Y-%m-%d %H:%M")
+
+
+def about(seconds: float | None) -> str:
+    """A wait, rounded the way people say it: 40s, 25m, 2h05m, 1d03h."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    minutes = round(s / 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    if s < 86400:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+SOURCE_WORDS = {
+    "progress": "from the running jobs' progress",
+    "time_limit": "from time limits",
+    "history": "from similar past jobs",
+    "default": "from the default runtime",
+}
+
+
+def band(wait: dict[str, Any]) -> str:
+    """The range around an estimated start, e.g. '13:50-14:20'; '' when there is none."""
+    early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
+    if not early or not late or early == late:
+        return ""
+    return f"{hhmm(early)}-{hhmm(late)}"
+
+
+def why(wait: dict[str, Any]) -> str:
+    """`gpuyard why`: where a waiting job stands and why, in plain words (the /jobs/{id}/wait body)."""
+    job_id, position = wait["id"], wait["position"]
+    if wait["reason"] == "starting" or position == 0:
+        return f"Job {job_id} is starting now."
+    place = "next in line" if position == 1 else f"{ordinal(position)} in line"
+    if wait["held"]:
+        sentences = [f"Job {job_id} is held ({place}): `gpuyard release {job_id}` lets it start."]
+    else:
+        sentences = [f"Job {job_id} is {place}."]
+    if wait["estimated_start_at"]:
+        details = []
+        if band(wait):
+            early, late = wait["estimated_start_earliest_at"], wait["estimated_start_latest_at"]
+            details.append(f"between {hhmm(early)} and {hhmm(late)}")
+        if wait.get("source") in SOURCE_WORDS:
+            details.append(SOURCE_WORDS[wait["source"]])
+        detail = f" ({'; '.join(details)})" if details else ""
+        start = hhmm(wait["estimated_start_at"])
+        sentences.append(f"Estimated start {start}{detail}, in {about(wait['estimated_wait_s'])}.")
+    elif not wait["held"]:
+        sentences.append("No start can be foreseen yet.")
+    if wait.get("backfill"):
+        sentences.append("It goes ahead of earlier jobs: its time limit shows it delays none of them.")
+    text = " ".join(sentences)
+    if wait["reason"] != "held":  # a held job's reason only says it is held
+        text += f"\nWhy: {wait['reason_text']}"
+    return text

@@ -139,7 +139,7 @@ def _jobs_table(jobs: list[dict[str, Any]], *, title: str) -> Table:
             str(j["id"]),
             j["user"],
             j["name"],
-            j["state"],
+            f"{j['state']} (held)" if j.get("held") else j["state"],
             fmt.gpu_list(j),
             j["priority"],
             fmt.progress(j),
@@ -182,14 +182,15 @@ def queue(as_json: JsonOpt = False) -> None:
     for col in ("POS", "ID", "USER", "NAME", "GPUS", "PRIO", "EST. START", "WAIT", "WHY"):
         table.add_column(col)
     for q in data["data"]:
+        band = fmt.band(q)
         table.add_row(
-            str(q["position"]),
+            f"{q['position']} HELD" if q.get("held") else str(q["position"]),
             str(q["id"]),
             q["user"],
             q["name"],
             str(q["gpus"]),
             q["priority"],
-            fmt.clock(q["estimated_start_at"]),
+            fmt.clock(q["estimated_start_at"]) + (f" ({band})" if band else ""),
             fmt.duration(q["estimated_wait_s"]),
             q["reason_text"],
         )
@@ -302,22 +303,92 @@ def _read_logs(client: Client, *, job_id: int, offset: int) -> dict[str, Any]:
     return client.logs(job_id, offset=offset)
 
 
-@app.command()
-def cancel(job_ids: Annotated[list[int], typer.Argument(help="One or more job ids.")]) -> None:
-    """Cancel jobs: waiting ones at once, running ones get SIGTERM (SIGKILL after a grace period)."""
+JobIds = Annotated[list[int], typer.Argument(help="One or more job ids.")]
+
+
+def _for_each(
+    job_ids: list[int], call: Callable[[Client, int], dict[str, Any]], say: Callable[[dict[str, Any]], str]
+) -> None:
+    """One API call per job; every job gets its line, and any error makes the exit status 1."""
     failed = False
     with _client() as client:
         for job_id in job_ids:
             try:
-                job = client.cancel(job_id)
+                job = call(client, job_id)
             except ApiError as e:
                 err.print(f"error: job {job_id}: {e.detail}")
                 failed = True
                 continue
-            verb = "cancelled" if job["state"] == "cancelled" else "stopping (cancel sent to its worker)"
-            out.print(f"Job {job_id}: {verb}.")
+            out.print(say(job))
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def cancel(job_ids: JobIds) -> None:
+    """Cancel jobs: waiting ones at once, running ones get SIGTERM (SIGKILL after a grace period)."""
+
+    def say(job: dict[str, Any]) -> str:
+        verb = "cancelled" if job["state"] == "cancelled" else "stopping (cancel sent to its worker)"
+        return f"Job {job['id']}: {verb}."
+
+    _for_each(job_ids, Client.cancel, say)
+
+
+@app.command()
+def hold(job_ids: JobIds) -> None:
+    """Hold waiting jobs: they keep their place in line but do not start until released."""
+    _for_each(
+        job_ids,
+        Client.hold,
+        lambda job: (
+            f"Job {job['id']}: held. It keeps its place in line; `gpuyard release {job['id']}` lets it start."
+        ),
+    )
+
+
+@app.command()
+def release(job_ids: JobIds) -> None:
+    """Release held jobs: each starts when its turn comes."""
+    _for_each(
+        job_ids, Client.release, lambda job: f"Job {job['id']}: released; it starts when its turn comes."
+    )
+
+
+@app.command()
+def priority(
+    job_id: int,
+    level: Annotated[str, typer.Argument(help="low | normal | high | urgent (urgent: admins).")],
+) -> None:
+    """Give a waiting job another priority; it moves ahead of (or behind) the jobs of other priorities."""
+
+    def change(c: Client) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        job = c.set_priority(job_id, level)
+        try:
+            return job, c.wait(job_id)
+        except ApiError:  # it may have started at once
+            return job, None
+
+    job, wait = _call(change)
+    line = f"Job {job_id}: priority {job['priority']}."
+    if wait is None or not wait["position"]:
+        line += " Starting now."
+    else:
+        line += f" Now {fmt.ordinal(wait['position'])} in line"
+        if wait["estimated_start_at"]:
+            line += f", estimated start {fmt.hhmm(wait['estimated_start_at'])}"
+        line += "."
+    out.print(line)
+
+
+@app.command()
+def why(job_id: int, as_json: JsonOpt = False) -> None:
+    """Why a waiting job waits: its place in line, estimated start (with a range) and the reason."""
+    wait = _call(lambda c: c.wait(job_id))
+    if as_json:
+        _print_json(wait)
+        return
+    out.print(fmt.why(wait))
 
 
 @user_app.command("add")

@@ -142,3 +142,27 @@ def test_estimates_say_where_their_runtimes_come_from() -> None:
         request(nodes=[node("a", 1)], pending=[replace(job(1), expected_runtime_s=50.0), job(2)])
     ).estimates[2]
     assert (e3.start_at, e3.source) == (at(50), RuntimeSource.HISTORY), "history gives job 1's runtime"
+
+
+def test_a_job_running_past_its_expected_end_is_expected_to_run_as_long_again() -> None:
+    # Job 90 (no limit) started 2 h ago and expected to end 1 h ago: assume about 2 h more, which leaves a
+    # gap on GPUs 1-3 in front of the 4-GPU job for a short limited job.
+    overdue = replace(running(90, "a", (0,), ends_in_s=-3600), started_at=at(-7200))
+    d = schedule(request(nodes=[node("a", 4)], pending=[job(1, gpus=4), job(2, limit=600)], run=[overdue]))
+    assert d.estimates[1].start_at == at(7200)
+    assert placed(d) == {2: ("a", (1,))}
+
+
+def test_the_user_limit_holds_over_the_whole_run_not_just_its_start() -> None:
+    # ann may hold 2 GPUs; her 2-GPU job is booked at +1000; a 1-GPU job of hers must not start now if it
+    # would still run at +1000.
+    rules = Rules(max_gpus_per_user=2)
+    pending = [
+        replace(job(1, gpus=3, limit=1000), user="bob"),
+        replace(job(2, gpus=2, limit=500), user="ann"),
+        replace(job(3, limit=5000), user="ann"),
+    ]
+    d = schedule(request(nodes=[node("a", 4)], pending=pending, rules=rules))
+    assert placed(d).keys() == {1}
+    assert d.estimates[2].start_at == at(1000)
+    assert d.estimates[3].start_at is not None and d.estimates[3].start_at >= at(1500)

@@ -46,6 +46,7 @@ class RunningJob:
     progress: float | None = None
     user: str = ""
     source: RuntimeSource = RuntimeSource.DEFAULT
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,7 @@ class Timeline:
             )
         runtime, source = planned_runtime(job, self.default_runtime_s)
         guaranteed = job.time_limit_s if job.time_limit_s is not None else _INF
-        user_floor = self._user_floor(job)
+        user_floor = self._user_floor(job, runtime)
         floor = user_floor if self.rules.backfill else max(user_floor, self.last_start)
         fit = self._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
         if fit is None:
@@ -285,15 +285,17 @@ class Timeline:
             backfill=step.backfill,
         )
 
-    def _user_floor(self, job: PendingJob) -> float:
-        """The earliest time at which the user's limit leaves room for this job."""
+    def _user_floor(self, job: PendingJob, length: float) -> float:
+        """The earliest time from which the user's limit leaves room for this job for `length` seconds."""
         limit = self.rules.max_gpus_per_user
         if limit is None:
             return 0.0
         bookings = self.user_bookings.get(job.user, [])
         for t in sorted({0.0, *(end for _, end, _ in bookings)}):
-            used = sum(g for start, end, g in bookings if start <= t < end)
-            if used + job.gpus <= limit:
+            # The user's peak use within [t, t + length): at t, or where one of its bookings begins.
+            moments = [t, *(s for s, _, _ in bookings if t < s < t + length)]
+            peak = max(sum(g for s, e, g in bookings if s <= m < e) for m in moments)
+            if peak + job.gpus <= limit:
                 return t
         return 0.0  # a job larger than the limit alone: refused at submission, never stuck here
 
@@ -389,7 +391,7 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
     if job.held:
         return timeline.estimate(timeline.add(job))
     guaranteed = job.time_limit_s if job.time_limit_s is not None else _INF
-    floor = timeline._user_floor(job)
+    floor = timeline._user_floor(job, planned_runtime(job, timeline.default_runtime_s)[0])
     if not timeline.rules.backfill:
         floor = max(floor, timeline.last_start)
     fit = timeline._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
@@ -399,7 +401,6 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
 
 
 def _build_nodes(request: ScheduleRequest) -> list[_Node]:
-    now = request.now
     holders: dict[tuple[str, int], RunningJob] = {}
     for run in request.running:
         for index in run.gpu_indices:
@@ -412,17 +413,24 @@ def _build_nodes(request: ScheduleRequest) -> list[_Node]:
         for slot in sorted(view.gpus, key=lambda s: s.index):
             held_by = holders.get((view.name, slot.index))
             if held_by is not None:
-                end = (
-                    request.default_runtime_s
-                    if held_by.expected_end_at is None
-                    else _seconds(held_by.expected_end_at, now)
-                )
                 holder = _Holder(held_by.job_id, held_by.progress, held_by.source)
-                gpus.append(_Gpu(slot.index, max(end, _OVERDUE_S), holder))
+                gpus.append(_Gpu(slot.index, _running_end(held_by, request), holder))
             elif not slot.outside:
                 gpus.append(_Gpu(slot.index, 0.0, None))
         nodes.append(_Node(view.name, gpus, len(view.gpus), view.links))
     return nodes
+
+
+def _running_end(run: RunningJob, request: ScheduleRequest) -> float:
+    """When a running job should free its GPUs, in seconds from now. One past its expected end, with no
+    time limit to stop it, is expected to run about as long again as it has (never less than a moment):
+    assuming it ends any second would book everything behind it right after now and leave no gap."""
+    if run.expected_end_at is None:
+        return request.default_runtime_s
+    end = _seconds(run.expected_end_at, request.now)
+    if end <= 0 and run.source is not RuntimeSource.TIME_LIMIT and run.started_at is not None:
+        end = _seconds(request.now, run.started_at)
+    return max(end, _OVERDUE_S)
 
 
 def _user_bookings(request: ScheduleRequest) -> dict[str, list[tuple[float, float, int]]]:
@@ -430,12 +438,7 @@ def _user_bookings(request: ScheduleRequest) -> dict[str, list[tuple[float, floa
     if request.rules.max_gpus_per_user is None:
         return bookings
     for run in request.running:
-        end = (
-            request.default_runtime_s
-            if run.expected_end_at is None
-            else _seconds(run.expected_end_at, request.now)
-        )
-        bookings.setdefault(run.user, []).append((0.0, max(end, _OVERDUE_S), len(run.gpu_indices)))
+        bookings.setdefault(run.user, []).append((0.0, _running_end(run, request), len(run.gpu_indices)))
     return bookings
 
 

@@ -20,6 +20,7 @@ from gpuyard.adapters.db import history_repo, jobs_repo, repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import JobSpec
+from gpuyard.scheduling.history import RuntimeHistory, build_history, gpu_seconds_by_user
 from gpuyard.scheduling.model import (
     Decision,
     Estimate,
@@ -32,7 +33,6 @@ from gpuyard.scheduling.model import (
     ScheduleRequest,
 )
 from gpuyard.scheduling.policy import Timeline, extend, schedule
-from gpuyard.services.history import RuntimeHistory, build_history, gpu_seconds_by_user
 from gpuyard.services.ports import Clock, Publisher
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,13 @@ def expected_end(
         progress = min(max(row["progress_step"] / row["progress_total"], 0.0), 1.0)
     if progress is not None and progress >= _MIN_PROGRESS and row["started_at"] is not None:
         return began + (now - began) / progress, progress, RuntimeSource.PROGRESS
-    if row["time_limit_s"]:
-        return began + timedelta(seconds=row["time_limit_s"]), progress, RuntimeSource.TIME_LIMIT
-    known = history.expected_runtime_s(user=row["user"], name=row["name"], command=json.dumps(row["argv"]))
+    known = history.expected_runtime_s(
+        user=row["user"], name=row["name"], command=json.dumps(row["argv"]), time_limit_s=row["time_limit_s"]
+    )
     if known is not None:
         return began + timedelta(seconds=known), progress, RuntimeSource.HISTORY
+    if row["time_limit_s"]:
+        return began + timedelta(seconds=row["time_limit_s"]), progress, RuntimeSource.TIME_LIMIT
     return began + timedelta(seconds=default_runtime_s), progress, RuntimeSource.DEFAULT
 
 
@@ -126,7 +128,7 @@ def build_request(
             user=r["user"],
             time_limit_s=r["time_limit_s"],
             expected_runtime_s=history.expected_runtime_s(
-                user=r["user"], name=r["name"], command=r.get("command")
+                user=r["user"], name=r["name"], command=r.get("command"), time_limit_s=r["time_limit_s"]
             ),
             held=r.get("held_at") is not None,
             waiting_s=max(0.0, (now - r["submitted_at"]).total_seconds()),
@@ -200,7 +202,9 @@ class SchedulerService:
             priority_rank=spec.priority.rank,
             user=user,
             time_limit_s=spec.time_limit_s,
-            expected_runtime_s=self._history.expected_runtime_s(user=user, name=spec.name, command=command),
+            expected_runtime_s=self._history.expected_runtime_s(
+                user=user, name=spec.name, command=command, time_limit_s=spec.time_limit_s
+            ),
         )
 
     def try_extend(self, jobs: list[PendingJob], *, now: datetime) -> list[Estimate] | None:

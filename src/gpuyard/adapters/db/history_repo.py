@@ -21,6 +21,7 @@ async def finished_runs(conn: AsyncConnection, *, since: datetime, limit: int = 
             users.c.name.label("user"),
             jobs.c.name,
             cast(jobs.c.argv, String).label("command"),
+            jobs.c.time_limit_s,
             jobs.c.started_at,
             jobs.c.finished_at,
         )

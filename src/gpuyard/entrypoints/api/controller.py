@@ -15,9 +15,9 @@ from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.migrate import migrate
 from gpuyard.domain.errors import BrokerUnavailable, ConfigurationError
+from gpuyard.scheduling.history import parse_links
 from gpuyard.services.auth import AuthService, check_user_name
 from gpuyard.services.events import EventService
-from gpuyard.services.history import parse_links
 from gpuyard.services.jobs import JobService
 from gpuyard.services.ports import Clock, utc_now
 from gpuyard.services.scheduler import SchedulerService, SchedulingConfig

@@ -403,8 +403,10 @@ def user_add(
 
 
 from gpuyard.entrypoints.cli import services as _services  # noqa: E402  (registers up/controller/worker)
+from gpuyard.entrypoints.cli import simulate as _simulate  # noqa: E402  (registers simulate)
 
 _services.register(app)
+_simulate.register(app)
 
 
 def run() -> None:

@@ -1,0 +1,67 @@
+"""Expected runtimes from history, recent GPU time per user, and the GPU link map (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gpuyard.scheduling.history import build_history, gpu_seconds_by_user, parse_links
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def run(user: str, name: str, command: str, runtime_s: float, limit_s: float | None = None) -> dict:
+    return {
+        "user": user,
+        "name": name,
+        "command": command,
+        "time_limit_s": limit_s,
+        "started_at": T0,
+        "finished_at": T0 + timedelta(seconds=runtime_s),
+    }
+
+
+def test_same_command_first_then_same_user_and_name_then_the_users_share_of_its_limit() -> None:
+    history = build_history(
+        [
+            run("ann", "mnist", '["python", "a.py"]', 100, 400),
+            run("ann", "mnist", '["python", "b.py"]', 300, 600),
+        ]
+    )
+    assert history.expected_runtime_s(user="bob", name="x", command='["python", "a.py"]') == 100
+    assert history.expected_runtime_s(user="ann", name="mnist", command='["other"]') == 200  # median
+    share = history.expected_runtime_s(user="ann", name="new", command=None, time_limit_s=1000)
+    assert share == pytest.approx(375.0)  # median of 0.25 and 0.5 of the limit
+    assert history.expected_runtime_s(user="cy", name="new", command=None, time_limit_s=1000) is None
+    assert (
+        history.expected_runtime_s(user="bob", name="x", command='["python", "a.py"]', time_limit_s=50) == 50
+    )
+
+
+def test_only_the_last_runs_count() -> None:
+    runs = [run("ann", "n", "c", 10)] * 5 + [run("ann", "n", "c", 10_000)] * 20  # newest first
+    assert build_history(runs).expected_runtime_s(user="ann", name="n", command="c") == 10
+
+
+def test_gpu_seconds_inside_the_window() -> None:
+    rows = [
+        {"user": "ann", "gpu_indices": [0, 1], "started_at": T0, "ended_at": T0 + timedelta(seconds=100)},
+        {"user": "ann", "gpu_indices": [2], "started_at": T0 - timedelta(seconds=50), "ended_at": None},
+        {"user": "bob", "gpu_indices": [3], "started_at": T0 + timedelta(seconds=300), "ended_at": None},
+    ]
+    usage = gpu_seconds_by_user(rows, since=T0, now=T0 + timedelta(seconds=200))
+    assert usage == {"ann": 2 * 100 + 200}
+
+
+@pytest.mark.parametrize(
+    ("text", "links"), [("", set()), ("0-1,2-3", {(0, 1), (2, 3)}), (" 3-2 , 1-0 ", {(2, 3), (0, 1)})]
+)
+def test_links(text: str, links: set[tuple[int, int]]) -> None:
+    assert parse_links(text) == frozenset(links)
+
+
+@pytest.mark.parametrize("text", ["0", "0-0", "a-b", "0-1-2", "0:1"])
+def test_bad_links_say_what_to_write(text: str) -> None:
+    with pytest.raises(ValueError, match="GPUYARD_GPU_LINKS=0-1,2-3"):
+        parse_links(text)

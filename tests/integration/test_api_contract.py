@@ -20,18 +20,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str):  # type: ign
         yield s
 
 
-@pytest.fixture(scope="module")
-def alice(stack: Stack) -> str:
-    with stack.admin() as c:
-        return str(c.add_user("alice")["token"])
-
-
-@pytest.fixture(scope="module")
-def bob(stack: Stack) -> str:
-    with stack.admin() as c:
-        return str(c.add_user("bob")["token"])
-
-
 def raw(stack: Stack, method: str, path: str, token: str | None = None, **kwargs: object) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.request(method, stack.url + path, headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]

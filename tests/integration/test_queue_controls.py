@@ -26,7 +26,7 @@ from gpuyard.entrypoints.api.controller import Controller
 from gpuyard.services.auth import User
 from gpuyard.services.jobs import JobService
 from gpuyard.settings import Settings
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, held_job, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,23 +39,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str):  # type: ign
         yield s
 
 
-@pytest.fixture(scope="module")
-def alice(stack: Stack) -> str:
-    with stack.admin() as c:
-        return str(c.add_user("alice")["token"])
-
-
-@pytest.fixture(scope="module")
-def bob(stack: Stack) -> str:
-    with stack.admin() as c:
-        return str(c.add_user("bob")["token"])
-
-
-def blocking_job(release_dir: Path) -> str:
-    """A shell job that runs until the test creates release_dir/<job id>."""
-    return f"while [ ! -e {release_dir}/$GPUYARD_JOB_ID ]; do sleep 0.05; done"
-
-
 class Scene:
     """Jobs of one test: submitted through a client, ended by the test, and all cleaned up at the end
     (waiting ones cancelled, running ones released), so the next test finds 4 free GPUs."""
@@ -66,7 +49,7 @@ class Scene:
         self.ids: list[int] = []
 
     def submit(self, client: Client, **kwargs: Any) -> dict[str, Any]:
-        job = client.submit(blocking_job(self.release_dir), **kwargs)
+        job = client.submit(held_job(self.release_dir), **kwargs)
         self.ids.append(job["id"])
         return job
 

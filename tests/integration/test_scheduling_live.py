@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack, running_stack, wait_for
+from tests.support.stack import Stack, held_job, release, running_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -17,19 +17,6 @@ pytestmark = pytest.mark.integration
 def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str):  # type: ignore[no-untyped-def]
     with running_stack(tmp_path_factory.mktemp("stack"), amqp_url) as s:
         yield s
-
-
-def held_job(release_dir: Path) -> str:
-    """A shell job that prints its GPUs and runs until the test creates release_dir/<job id>."""
-    return (
-        f'echo "CVD=$CUDA_VISIBLE_DEVICES"; while [ ! -e {release_dir}/$GPUYARD_JOB_ID ]; do sleep 0.05; '
-        "done; echo released"
-    )
-
-
-def release(release_dir: Path, *job_ids: int) -> None:
-    for job_id in job_ids:
-        (release_dir / str(job_id)).touch()
 
 
 def running_ids(stack: Stack) -> set[int]:

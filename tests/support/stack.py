@@ -35,6 +35,19 @@ def wait_for(predicate: Callable[[], T], *, timeout_s: float = 30.0, what: str =
         time.sleep(0.05)
 
 
+def held_job(release_dir: Path) -> str:
+    """A shell job that prints its GPUs and runs until the test creates release_dir/<job id>."""
+    return (
+        f'echo "CVD=$CUDA_VISIBLE_DEVICES"; while [ ! -e {release_dir}/$GPUYARD_JOB_ID ]; do sleep 0.05; '
+        "done; echo released"
+    )
+
+
+def release(release_dir: Path, *job_ids: int) -> None:
+    for job_id in job_ids:
+        (release_dir / str(job_id)).touch()
+
+
 class Stack:
     def __init__(
         self, base: Path, amqp_url: str, *, fake_gpus: int = 4, extra_env: dict[str, str] | None = None

@@ -200,10 +200,16 @@ class Timeline:
         self.gpus_ahead = 0
         self.user_bookings = _user_bookings(request)
         self.free_now = {n.name: sum(1 for g in n.gpus if g.free_for(0.0, _INF)) for n in self.nodes}
+        # GPUs free now for at least a moment, by node: none left means no job can start now any more.
+        self.open_gpus: dict[str, set[int]] = {}
+        for n in self.nodes:
+            open_here = {g.index for g in n.gpus if g.free_for(0.0, _MIN_RUNTIME_S)}
+            if open_here:
+                self.open_gpus[n.name] = open_here
 
     def open_now(self) -> bool:
         """Whether any GPU is free now, for at least a moment: only then can a job still start now."""
-        return any(g.free_for(0.0, _MIN_RUNTIME_S) for n in self.nodes for g in n.gpus)
+        return bool(self.open_gpus)
 
     @property
     def busy(self) -> int:
@@ -250,6 +256,8 @@ class Timeline:
             )
             self.free_now[fit.node.name] -= job.gpus
             reason = WaitReason.STARTING
+        elif not self.open_gpus:  # nothing is free now: it waits for GPUs (cheap, and the usual case)
+            reason = WaitReason.GPUS_BUSY
         elif user_floor > 0.0 and self._fits_at(job.gpus, guaranteed, 0.0):
             reason = WaitReason.USER_LIMIT
         elif self._fits_at(job.gpus, guaranteed, 0.0) or any(f >= job.gpus for f in self.free_now.values()):
@@ -259,7 +267,12 @@ class Timeline:
         own = _Holder(job.job_id, None, chain)
         for gpu in fit.gpus:
             gpu.book(fit.start, fit.start + runtime, own)
-        self.user_bookings.setdefault(job.user, []).append((fit.start, fit.start + runtime, job.gpus))
+            if gpu.index in self.open_gpus.get(fit.node.name, ()) and not gpu.free_for(0.0, _MIN_RUNTIME_S):
+                self.open_gpus[fit.node.name].discard(gpu.index)
+                if not self.open_gpus[fit.node.name]:
+                    del self.open_gpus[fit.node.name]
+        if self.rules.max_gpus_per_user is not None:
+            self.user_bookings.setdefault(job.user, []).append((fit.start, fit.start + runtime, job.gpus))
         self.last_start = max(self.last_start, fit.start)
         self.top_rank = max(self.top_rank, rank)
         return _Step(job, position, gpus_ahead, fit.start, reason, blocker, start_source, backfill)
@@ -325,7 +338,8 @@ class Timeline:
                         starts[node.name] = start
                         best = start
                         break
-        winner = min((n for n in nodes if starts[n.name] == best), key=lambda n: (_free_at(n, best), n.name))
+        tied = [n for n in nodes if starts[n.name] == best]
+        winner = tied[0] if len(tied) == 1 else min(tied, key=lambda n: (_free_at(n, best), n.name))
         ready = [g for g in winner.gpus if g.free_for(best, length)]
         return _Fit(best, winner, _choose(ready, count, best, winner.links))
 
@@ -343,6 +357,10 @@ def _choose(
     def freed(g: _Gpu) -> float:
         return g.tail if g.tail <= start else max((s for s, _, _ in g.holes if s <= start), default=0.0)
 
+    if len(ready) == count:
+        return tuple(ready)
+    if not links and count == 1:
+        return (max(ready, key=lambda g: (freed(g), -g.index)),)
     if links and count >= 2 and len(ready) <= 12:
         best = max(
             combinations(sorted(ready, key=lambda g: g.index), count),

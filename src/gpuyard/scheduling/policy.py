@@ -15,12 +15,10 @@ Times inside are float seconds from `now`: datetimes only at the edges.
 
 from __future__ import annotations
 
-import bisect
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import combinations
 
+from gpuyard.scheduling.booking import INF, Fit, Gpu, Holder, Node, choose, free_at
 from gpuyard.scheduling.model import (
     Decision,
     Estimate,
@@ -38,12 +36,8 @@ from gpuyard.scheduling.model import (
 _OVERDUE_S = 1.0
 # A job holds its GPUs for at least this long in simulated time, so a GPU is never given twice at one instant.
 _MIN_RUNTIME_S = 1.0
-_INF = math.inf
 # Gaps tried per node and job before booking after the last booking (bounds a pass to O(jobs × nodes)).
 _GAPS_TRIED = 8
-# Gaps kept per GPU, and the shortest worth keeping (no job is that short).
-_MAX_GAPS = 32
-_MIN_GAP_S = 1.0
 # How far the true start may fall from the estimate (early, late), as fractions of the wait, by the weakest
 # source of the runtimes it depends on. Time limits are upper bounds: starts come earlier, not later.
 _BAND = {
@@ -60,98 +54,13 @@ def weakest(a: RuntimeSource, b: RuntimeSource) -> RuntimeSource:
 
 
 @dataclass(frozen=True)
-class _Holder:
-    """Who holds a GPU until a booking's end, and how sure that end is."""
-
-    job_id: int
-    progress: float | None
-    source: RuntimeSource
-
-
-@dataclass
-class _Gpu:
-    index: int
-    tail: float  # free from here on, for good
-    tail_holder: _Holder | None
-    # Gaps before the tail, sorted by start: (start, end, holder of the booking that ends at start).
-    holes: list[tuple[float, float, _Holder | None]] = field(default_factory=list)
-    starts: list[float] = field(default_factory=list)  # the holes' starts, for bisect
-    max_gap: float = 0.0  # the longest hole
-
-    def _changed(self) -> None:
-        self.max_gap = max((end - start for start, end, _ in self.holes), default=0.0)
-
-    def _hole_at(self, start: float) -> int:
-        """The index of the gap containing `start`, or -1."""
-        i = bisect.bisect_right(self.starts, start) - 1
-        return i if i >= 0 and start < self.holes[i][1] else -1
-
-    def free_for(self, start: float, length: float) -> bool:
-        if start >= self.tail:
-            return True
-        i = self._hole_at(start)
-        return i >= 0 and start + length <= self.holes[i][1]
-
-    def gap_starts(self, since: float, limit: int) -> list[float]:
-        """Up to `limit` moments ≥ since at which a gap of this GPU opens (or since, inside one)."""
-        i = bisect.bisect_right(self.starts, since) - 1
-        out = [since] if i >= 0 and since < self.holes[i][1] else []
-        out.extend(self.starts[i + 1 : i + 1 + limit])
-        return out
-
-    def holder_before(self, start: float) -> tuple[float, _Holder | None]:
-        """The booking that ends last before `start` on this GPU: its end and its holder."""
-        if start >= self.tail:
-            return self.tail, self.tail_holder
-        i = self._hole_at(start)
-        return (self.holes[i][0], self.holes[i][2]) if i >= 0 else (0.0, None)
-
-    def book(self, start: float, end: float, holder: _Holder) -> None:
-        if start >= self.tail:
-            # Only the first gaps are kept: far ahead, a gap left out merely stays idle in the plan.
-            if start - self.tail >= _MIN_GAP_S and len(self.holes) < _MAX_GAPS:
-                self.holes.append((self.tail, start, self.tail_holder))
-                self.starts.append(self.tail)
-                self.max_gap = max(self.max_gap, start - self.tail)
-            self.tail, self.tail_holder = end, holder
-            return
-        i = self._hole_at(start)
-        if i < 0 or end > self.holes[i][1]:
-            raise AssertionError("booked a GPU that is not free")  # pragma: no cover - guarded by free_for
-        hole_start, hole_end, before = self.holes[i]
-        pieces = []
-        if start > hole_start:
-            pieces.append((hole_start, start, before))
-        if end < hole_end:
-            pieces.append((end, hole_end, holder))
-        self.holes[i : i + 1] = pieces
-        self.starts[i : i + 1] = [p[0] for p in pieces]
-        self._changed()
-
-
-@dataclass
-class _Node:
-    name: str
-    gpus: list[_Gpu]  # GPUs gpuyard may use (outside-held ones left out)
-    size: int  # all GPUs of the node, outside-held included
-    links: frozenset[tuple[int, int]]
-
-
-@dataclass(frozen=True)
-class _Fit:
-    start: float
-    node: _Node
-    gpus: tuple[_Gpu, ...]
-
-
-@dataclass(frozen=True)
 class _Step:
     job: PendingJob
     position: int
     gpus_ahead: int
     start: float | None
     reason: WaitReason
-    holder: _Holder | None
+    holder: Holder | None
     source: RuntimeSource
     backfill: bool
 
@@ -199,7 +108,7 @@ class Timeline:
         self.count = 0
         self.gpus_ahead = 0
         self.user_bookings = _user_bookings(request)
-        self.free_now = {n.name: sum(1 for g in n.gpus if g.free_for(0.0, _INF)) for n in self.nodes}
+        self.free_now = {n.name: sum(1 for g in n.gpus if g.free_for(0.0, INF)) for n in self.nodes}
         # GPUs free now for at least a moment, by node: none left means no job can start now any more.
         self.open_gpus: dict[str, set[int]] = {}
         for n in self.nodes:
@@ -225,7 +134,7 @@ class Timeline:
                 job, self.count, self.gpus_ahead, None, WaitReason.HELD, None, RuntimeSource.DEFAULT, False
             )
         runtime, source = planned_runtime(job, self.default_runtime_s)
-        guaranteed = job.time_limit_s if job.time_limit_s is not None else _INF
+        guaranteed = job.time_limit_s if job.time_limit_s is not None else INF
         user_floor = self._user_floor(job, runtime)
         floor = user_floor if self.rules.backfill else max(user_floor, self.last_start)
         fit = self._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
@@ -264,7 +173,7 @@ class Timeline:
             reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher else WaitReason.BEHIND_EARLIER
         else:
             reason = WaitReason.GPUS_BUSY
-        own = _Holder(job.job_id, None, chain)
+        own = Holder(job.job_id, None, chain)
         for gpu in fit.gpus:
             gpu.book(fit.start, fit.start + runtime, own)
             if gpu.index in self.open_gpus.get(fit.node.name, ()) and not gpu.free_for(0.0, _MIN_RUNTIME_S):
@@ -315,7 +224,7 @@ class Timeline:
     def _fits_at(self, count: int, length: float, start: float) -> bool:
         return any(sum(1 for g in n.gpus if g.free_for(start, length)) >= count for n in self.nodes)
 
-    def _earliest_fit(self, count: int, length: float, floor: float) -> _Fit | None:
+    def _earliest_fit(self, count: int, length: float, floor: float) -> Fit | None:
         """The earliest start ≥ floor at which one node has `count` GPUs free for `length`; at equal
         starts, the node with the fewest free GPUs (large free sets stay whole), then by name.
 
@@ -328,7 +237,7 @@ class Timeline:
             return None
         starts = {n.name: sorted(max(g.tail, floor) for g in n.gpus)[count - 1] for n in nodes}
         best = min(starts.values())
-        if length < _INF:
+        if length < INF:
             for node in nodes:
                 if sum(1 for g in node.gpus if g.max_gap >= length or g.tail < best) < count:
                     continue
@@ -339,47 +248,9 @@ class Timeline:
                         best = start
                         break
         tied = [n for n in nodes if starts[n.name] == best]
-        winner = tied[0] if len(tied) == 1 else min(tied, key=lambda n: (_free_at(n, best), n.name))
+        winner = tied[0] if len(tied) == 1 else min(tied, key=lambda n: (free_at(n, best), n.name))
         ready = [g for g in winner.gpus if g.free_for(best, length)]
-        return _Fit(best, winner, _choose(ready, count, best, winner.links))
-
-
-def _free_at(node: _Node, start: float) -> int:
-    return sum(1 for g in node.gpus if g.free_for(start, _INF))
-
-
-def _choose(
-    ready: list[_Gpu], count: int, start: float, links: frozenset[tuple[int, int]]
-) -> tuple[_Gpu, ...]:
-    """Which of the ready GPUs: linked sets for multi-GPU jobs; for one GPU, spare an intact linked pair;
-    then the GPUs that freed last (long-free ones stay together), then the lowest indices."""
-
-    def freed(g: _Gpu) -> float:
-        return g.tail if g.tail <= start else max((s for s, _, _ in g.holes if s <= start), default=0.0)
-
-    if len(ready) == count:
-        return tuple(ready)
-    if not links and count == 1:
-        return (max(ready, key=lambda g: (freed(g), -g.index)),)
-    if links and count >= 2 and len(ready) <= 12:
-        best = max(
-            combinations(sorted(ready, key=lambda g: g.index), count),
-            key=lambda c: (_link_count(c, links), sum(freed(g) for g in c), [-g.index for g in c]),
-        )
-        return tuple(best)
-    ready_indices = {g.index for g in ready}
-
-    def spare_pairs(g: _Gpu) -> int:
-        # 1 when its linked partner is ready too: taking it would break a free NVLink pair.
-        return sum(1 for a, b in links if g.index in (a, b) and (b if a == g.index else a) in ready_indices)
-
-    ordered = sorted(ready, key=lambda g: (spare_pairs(g) if count == 1 else 0, -freed(g), g.index))
-    return tuple(ordered[:count])
-
-
-def _link_count(gpus: tuple[_Gpu, ...], links: frozenset[tuple[int, int]]) -> int:
-    indices = {g.index for g in gpus}
-    return sum(1 for a, b in links if a in indices and b in indices)
+        return Fit(best, winner, choose(ready, count, best, winner.links))
 
 
 def schedule(request: ScheduleRequest, *, estimates: bool = True) -> Decision:
@@ -408,7 +279,7 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
         return None
     if job.held:
         return timeline.estimate(timeline.add(job))
-    guaranteed = job.time_limit_s if job.time_limit_s is not None else _INF
+    guaranteed = job.time_limit_s if job.time_limit_s is not None else INF
     floor = timeline._user_floor(job, planned_runtime(job, timeline.default_runtime_s)[0])
     if not timeline.rules.backfill:
         floor = max(floor, timeline.last_start)
@@ -418,24 +289,24 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
     return timeline.estimate(timeline.add(job))
 
 
-def _build_nodes(request: ScheduleRequest) -> list[_Node]:
+def _build_nodes(request: ScheduleRequest) -> list[Node]:
     holders: dict[tuple[str, int], RunningJob] = {}
     for run in request.running:
         for index in run.gpu_indices:
             holders[(run.node, index)] = run
-    nodes: list[_Node] = []
+    nodes: list[Node] = []
     for view in sorted(request.nodes, key=lambda n: n.name):
         if not view.online:
             continue
-        gpus: list[_Gpu] = []
+        gpus: list[Gpu] = []
         for slot in sorted(view.gpus, key=lambda s: s.index):
             held_by = holders.get((view.name, slot.index))
             if held_by is not None:
-                holder = _Holder(held_by.job_id, held_by.progress, held_by.source)
-                gpus.append(_Gpu(slot.index, _running_end(held_by, request), holder))
+                holder = Holder(held_by.job_id, held_by.progress, held_by.source)
+                gpus.append(Gpu(slot.index, _running_end(held_by, request), holder))
             elif not slot.outside:
-                gpus.append(_Gpu(slot.index, 0.0, None))
-        nodes.append(_Node(view.name, gpus, len(view.gpus), view.links))
+                gpus.append(Gpu(slot.index, 0.0, None))
+        nodes.append(Node(view.name, gpus, len(view.gpus), view.links))
     return nodes
 
 
@@ -464,7 +335,7 @@ def _seconds(at: datetime, now: datetime) -> float:
     return (at - now).total_seconds()
 
 
-def _unforeseeable_reason(nodes: list[_Node], count: int, views: tuple[NodeView, ...]) -> WaitReason:
+def _unforeseeable_reason(nodes: list[Node], count: int, views: tuple[NodeView, ...]) -> WaitReason:
     if not nodes:
         return WaitReason.NO_NODE_ONLINE
     if all(n.size < count for n in nodes):

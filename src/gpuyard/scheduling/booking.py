@@ -1,0 +1,137 @@
+"""The booking profile of a GPU: when it is taken and by whom, the gaps left before its last booking,
+and which of a node's ready GPUs a job gets. Float seconds from `now`; used by the policy only."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from gpuyard.scheduling.model import RuntimeSource
+
+INF = math.inf
+# Gaps kept per GPU, and the shortest worth keeping (no job is that short).
+MAX_GAPS = 32
+MIN_GAP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a GPU until a booking's end, and how sure that end is."""
+
+    job_id: int
+    progress: float | None
+    source: RuntimeSource
+
+
+@dataclass
+class Gpu:
+    index: int
+    tail: float  # free from here on, for good
+    tail_holder: Holder | None
+    # Gaps before the tail, sorted by start: (start, end, holder of the booking that ends at start).
+    holes: list[tuple[float, float, Holder | None]] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # the holes' starts, for bisect
+    max_gap: float = 0.0  # the longest hole
+
+    def _changed(self) -> None:
+        self.max_gap = max((end - start for start, end, _ in self.holes), default=0.0)
+
+    def _hole_at(self, start: float) -> int:
+        """The index of the gap containing `start`, or -1."""
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i if i >= 0 and start < self.holes[i][1] else -1
+
+    def free_for(self, start: float, length: float) -> bool:
+        if start >= self.tail:
+            return True
+        i = self._hole_at(start)
+        return i >= 0 and start + length <= self.holes[i][1]
+
+    def gap_starts(self, since: float, limit: int) -> list[float]:
+        """Up to `limit` moments ≥ since at which a gap of this GPU opens (or since, inside one)."""
+        i = bisect.bisect_right(self.starts, since) - 1
+        out = [since] if i >= 0 and since < self.holes[i][1] else []
+        out.extend(self.starts[i + 1 : i + 1 + limit])
+        return out
+
+    def holder_before(self, start: float) -> tuple[float, Holder | None]:
+        """The booking that ends last before `start` on this GPU: its end and its holder."""
+        if start >= self.tail:
+            return self.tail, self.tail_holder
+        i = self._hole_at(start)
+        return (self.holes[i][0], self.holes[i][2]) if i >= 0 else (0.0, None)
+
+    def book(self, start: float, end: float, holder: Holder) -> None:
+        if start >= self.tail:
+            # Only the first gaps are kept: far ahead, a gap left out merely stays idle in the plan.
+            if start - self.tail >= MIN_GAP_S and len(self.holes) < MAX_GAPS:
+                self.holes.append((self.tail, start, self.tail_holder))
+                self.starts.append(self.tail)
+                self.max_gap = max(self.max_gap, start - self.tail)
+            self.tail, self.tail_holder = end, holder
+            return
+        i = self._hole_at(start)
+        if i < 0 or end > self.holes[i][1]:
+            raise AssertionError("booked a GPU that is not free")  # pragma: no cover - guarded by free_for
+        hole_start, hole_end, before = self.holes[i]
+        pieces = []
+        if start > hole_start:
+            pieces.append((hole_start, start, before))
+        if end < hole_end:
+            pieces.append((end, hole_end, holder))
+        self.holes[i : i + 1] = pieces
+        self.starts[i : i + 1] = [p[0] for p in pieces]
+        self._changed()
+
+
+@dataclass
+class Node:
+    name: str
+    gpus: list[Gpu]  # GPUs gpuyard may use (outside-held ones left out)
+    size: int  # all GPUs of the node, outside-held included
+    links: frozenset[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Fit:
+    start: float
+    node: Node
+    gpus: tuple[Gpu, ...]
+
+
+def free_at(node: Node, start: float) -> int:
+    return sum(1 for g in node.gpus if g.free_for(start, INF))
+
+
+def choose(ready: list[Gpu], count: int, start: float, links: frozenset[tuple[int, int]]) -> tuple[Gpu, ...]:
+    """Which of the ready GPUs: linked sets for multi-GPU jobs; for one GPU, spare an intact linked pair;
+    then the GPUs that freed last (long-free ones stay together), then the lowest indices."""
+
+    def freed(g: Gpu) -> float:
+        return g.tail if g.tail <= start else max((s for s, _, _ in g.holes if s <= start), default=0.0)
+
+    if len(ready) == count:
+        return tuple(ready)
+    if not links and count == 1:
+        return (max(ready, key=lambda g: (freed(g), -g.index)),)
+    if links and count >= 2 and len(ready) <= 12:
+        best = max(
+            combinations(sorted(ready, key=lambda g: g.index), count),
+            key=lambda c: (link_count(c, links), sum(freed(g) for g in c), [-g.index for g in c]),
+        )
+        return tuple(best)
+    ready_indices = {g.index for g in ready}
+
+    def spare_pairs(g: Gpu) -> int:
+        # 1 when its linked partner is ready too: taking it would break a free NVLink pair.
+        return sum(1 for a, b in links if g.index in (a, b) and (b if a == g.index else a) in ready_indices)
+
+    ordered = sorted(ready, key=lambda g: (spare_pairs(g) if count == 1 else 0, -freed(g), g.index))
+    return tuple(ordered[:count])
+
+
+def link_count(gpus: tuple[Gpu, ...], links: frozenset[tuple[int, int]]) -> int:
+    indices = {g.index for g in gpus}
+    return sum(1 for a, b in links if a in indices and b in indices)

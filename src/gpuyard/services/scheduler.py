@@ -166,7 +166,9 @@ class SchedulerService:
         self._lock = asyncio.Lock()
         self._requested = 0
         self._completed = 0
-        self._last: PassResult | None = None
+        self._last: PassResult | None = None  # the last pass with estimates
+        self._placed = 0
+        self._last_placed: PassResult | None = None  # the last pass of either kind
         # The last pass's timeline, for estimating newcomers at the end of the line without a pass;
         # stale once anything else changed (a job ended, a node changed, a submission it missed).
         self._timeline: Timeline | None = None
@@ -176,16 +178,22 @@ class SchedulerService:
         self._wake_tasks: set[asyncio.Task[Any]] = set()
         self.pass_count = 0
 
-    async def run_pass(self) -> PassResult:
+    async def run_pass(self, *, estimates: bool = True) -> PassResult:
+        """A pass that started after this call. Without `estimates` it only places jobs: what an event
+        (a job ended, a node changed) needs, at a cost that does not grow with a long line."""
         self._requested += 1
         ticket = self._requested
         async with self._lock:
             if self._completed >= ticket and self._last is not None:
                 return self._last
+            if not estimates and self._placed >= ticket and self._last_placed is not None:
+                return self._last_placed
             target = self._requested
-            self._last = await self._pass()
-            self._completed = target
-            return self._last
+            result = await self._pass(estimates=estimates)
+            self._placed, self._last_placed = target, result
+            if estimates:
+                self._completed, self._last = target, result
+            return result
 
     @property
     def last(self) -> PassResult | None:
@@ -239,11 +247,11 @@ class SchedulerService:
 
     async def _safe_pass(self) -> None:
         try:
-            await self.run_pass()
+            await self.run_pass(estimates=False)
         except Exception:
             log.exception("scheduling pass failed")
 
-    async def _pass(self) -> PassResult:
+    async def _pass(self, *, estimates: bool) -> PassResult:
         self._stale = False  # what changes from here on (a submission, an event) makes it stale again
         now = self._clock()
         async with self._db.read() as conn:
@@ -266,9 +274,12 @@ class SchedulerService:
             history=self._history,
             usage_s=self._usage_s,
         )
-        decision = schedule(request)
+        decision = schedule(request, estimates=estimates)
         self.pass_count += 1
-        self._timeline = decision.timeline if isinstance(decision.timeline, Timeline) else None
+        if estimates:
+            self._timeline = decision.timeline if isinstance(decision.timeline, Timeline) else None
+        else:
+            self._stale = True  # placements changed the line that the last timeline describes
         waiting = {r["id"]: r for r in pending}
         if decision.placements:
             rows = await self._apply(decision, pending=waiting, nodes=nodes, now=now)

@@ -49,11 +49,18 @@ class Gpu:
         i = self._hole_at(start)
         return i >= 0 and start + length <= self.holes[i][1]
 
-    def gap_starts(self, since: float, limit: int) -> list[float]:
-        """Up to `limit` moments ≥ since at which a gap of this GPU opens (or since, inside one)."""
+    def gap_starts(self, since: float, length: float, limit: int) -> list[float]:
+        """Up to `limit` moments ≥ since at which a gap of this GPU that can hold `length` opens (since
+        itself when it lies in one)."""
+        if self.max_gap < length:
+            return []
         i = bisect.bisect_right(self.starts, since) - 1
-        out = [since] if i >= 0 and since < self.holes[i][1] else []
-        out.extend(self.starts[i + 1 : i + 1 + limit])
+        out = [since] if i >= 0 and since + length <= self.holes[i][1] else []
+        for start, end, _ in self.holes[i + 1 :]:
+            if len(out) >= limit:
+                break
+            if end - start >= length:
+                out.append(start)
         return out
 
     def holder_before(self, start: float) -> tuple[float, Holder | None]:
@@ -92,6 +99,16 @@ class Node:
     gpus: list[Gpu]  # GPUs gpuyard may use (outside-held ones left out)
     size: int  # all GPUs of the node, outside-held included
     links: frozenset[tuple[int, int]]
+    tails: list[float] = field(default_factory=list)  # the GPUs' tails, sorted (see `refresh`)
+    max_gap: float = 0.0  # the longest gap of any of its GPUs
+
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the summaries after a booking on this node."""
+        self.tails = sorted(g.tail for g in self.gpus)
+        self.max_gap = max((g.max_gap for g in self.gpus), default=0.0)
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,7 @@ class Timeline:
                 self.open_gpus[fit.node.name].discard(gpu.index)
                 if not self.open_gpus[fit.node.name]:
                     del self.open_gpus[fit.node.name]
+        fit.node.refresh()
         if self.rules.max_gpus_per_user is not None:
             self.user_bookings.setdefault(job.user, []).append((fit.start, fit.start + runtime, job.gpus))
         self.last_start = max(self.last_start, fit.start)
@@ -235,13 +236,18 @@ class Timeline:
         nodes = [n for n in self.nodes if len(n.gpus) >= count]
         if not nodes:
             return None
-        starts = {n.name: sorted(max(g.tail, floor) for g in n.gpus)[count - 1] for n in nodes}
+        starts = {n.name: max(n.tails[count - 1], floor) for n in nodes}
         best = min(starts.values())
         if length < INF:
             for node in nodes:
+                if node.max_gap < length:
+                    continue  # without a gap that can hold it, nothing on this node beats `best`
                 if sum(1 for g in node.gpus if g.max_gap >= length or g.tail < best) < count:
                     continue
-                moments = {t for g in node.gpus for t in g.gap_starts(floor, _GAPS_TRIED) if t < best}
+                # The earliest start lies where a gap that can hold the job opens, or where a GPU frees for
+                # good (or at the floor).
+                moments = {t for g in node.gpus for t in g.gap_starts(floor, length, _GAPS_TRIED) if t < best}
+                moments.update(t for t in (max(g.tail, floor) for g in node.gpus) if t < best)
                 for start in sorted(moments)[:_GAPS_TRIED]:
                     if sum(1 for g in node.gpus if g.free_for(start, length)) >= count:
                         starts[node.name] = start

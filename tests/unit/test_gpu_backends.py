@@ -446,3 +446,32 @@ def test_unknown_choice_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as raised:
         open_gpu_backend("cuda")
     assert raised.value.detail == "Unknown GPU backend 'cuda': use auto, nvml, nvidia-smi or fake."
+
+
+def test_nvml_reports_nvlink_pairs_through_peer_to_peer_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NVMLError(Exception):
+        pass
+
+    linked = {(0, 1), (2, 3)}
+    stand_in = types.SimpleNamespace(
+        NVMLError=NVMLError,
+        NVML_P2P_CAPS_INDEX_NVLINK=2,
+        NVML_P2P_STATUS_OK=0,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 4,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetP2PStatus=lambda a, b, cap: 0 if cap == 2 and (a, b) in linked else 4,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", stand_in)
+    assert NvmlGpus().links() == [(0, 1), (2, 3)]
+
+    def broken(a: int, b: int, cap: int) -> int:
+        raise NVMLError("Not Supported")
+
+    stand_in.nvmlDeviceGetP2PStatus = broken
+    assert NvmlGpus().links() == [], "no topology is no error: the configured map applies"
+
+
+def test_backends_without_topology_report_no_links() -> None:
+    assert FakeGpus(4).links() == []

@@ -65,3 +65,23 @@ def test_links(text: str, links: set[tuple[int, int]]) -> None:
 def test_bad_links_say_what_to_write(text: str) -> None:
     with pytest.raises(ValueError, match="GPUYARD_GPU_LINKS=0-1,2-3"):
         parse_links(text)
+
+
+def test_reported_links_come_from_each_gpus_partners() -> None:
+    from gpuyard.services.scheduler import reported_links
+
+    gpus = [{"index": 0, "links": [1]}, {"index": 1, "links": [0]}, {"index": 2}, {"index": 3, "links": [2]}]
+    assert reported_links(gpus) == frozenset({(0, 1), (2, 3)})
+
+
+def test_nodes_get_configured_and_reported_links() -> None:
+    from gpuyard.services.scheduler import SchedulingConfig, build_request
+
+    node = {
+        "name": "box",
+        "last_seen_at": T0,
+        "gpus": [{"index": 0, "links": [1]}, {"index": 1, "links": [0]}, {"index": 2}, {"index": 3}],
+    }
+    config = SchedulingConfig(links=frozenset({(2, 3)}))
+    request = build_request(now=T0, pending=[], active=[], nodes=[node], config=config)
+    assert request.nodes[0].links == frozenset({(0, 1), (2, 3)})

@@ -86,6 +86,11 @@ def expected_end(
     return began + timedelta(seconds=default_runtime_s), progress, RuntimeSource.DEFAULT
 
 
+def reported_links(gpus: list[dict[str, Any]]) -> frozenset[tuple[int, int]]:
+    """The NVLink pairs a worker reported (NVML), from each GPU's list of linked partners."""
+    return frozenset((min(g["index"], p), max(g["index"], p)) for g in gpus for p in g.get("links", ()))
+
+
 def node_online(node: dict[str, Any], *, now: datetime, node_lease_s: float) -> bool:
     """A node is online while its last heartbeat is younger than the lease."""
     last_seen: datetime = node["last_seen_at"]
@@ -115,7 +120,7 @@ def build_request(
             name=n["name"],
             gpus=tuple(GpuSlot(g["index"], outside=bool(g.get("outside"))) for g in n["gpus"]),
             online=node_online(n, now=now, node_lease_s=config.node_lease_s),
-            links=config.links,
+            links=config.links | reported_links(n["gpus"]),
         )
         for n in nodes
     )

@@ -51,6 +51,7 @@ class GpuSample(_Message):
     memory_used_mib: int
     utilization_pct: int | None = None
     outside: list[dict[str, Any]] = Field(default_factory=list)
+    links: list[int] = Field(default_factory=list)  # indices of the GPUs joined to this one by NVLink
 
 
 class Heartbeat(_Message):

@@ -144,3 +144,7 @@ class OutsideProcessesMixin:
 
     def get_free_gpus(self, own_pgids: Collection[int]) -> list[GpuInfo]:
         return free_gpus(self.list_gpus(), own_pgids, missing_is_outside=self.missing_pid_is_outside())
+
+    def links(self) -> list[tuple[int, int]]:
+        """NVLink pairs; backends that cannot tell report none."""
+        return []

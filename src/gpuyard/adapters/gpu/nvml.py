@@ -60,6 +60,23 @@ class NvmlGpus(OutsideProcessesMixin):
                 "or a driver/library version mismatch needs the machine to be rebooted."
             ) from e
 
+    def links(self) -> list[tuple[int, int]]:
+        """GPU pairs that can reach each other over NVLink (peer-to-peer status through NVLink)."""
+        nvml = self._nvml
+        try:
+            count = int(nvml.nvmlDeviceGetCount())
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            return [
+                (a, b)
+                for a in range(count)
+                for b in range(a + 1, count)
+                if nvml.nvmlDeviceGetP2PStatus(handles[a], handles[b], nvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                == nvml.NVML_P2P_STATUS_OK
+            ]
+        except (nvml.NVMLError, AttributeError) as e:
+            logger.info("NVML reports no NVLink topology (%s); set GPUYARD_GPU_LINKS to describe it", e)
+            return []
+
     def close(self) -> None:
         if not self._open:
             return

@@ -59,6 +59,7 @@ async def gpus(_user: CurrentUser, controller: ControllerDep) -> GpusPublic:
                     job_name=holder["name"] if holder else None,
                     outside_processes=[GpuProcessPublic(**p) for p in gpu.get("outside", [])],
                     node_online=online,
+                    links=gpu.get("links", []),
                 )
             )
     return GpusPublic(nodes=node_list, gpus=gpu_list)

@@ -170,6 +170,7 @@ class GpuPublic(BaseModel):
     job_name: str | None
     outside_processes: list[GpuProcessPublic]
     node_online: bool
+    links: list[int] = Field(default_factory=list, description="GPUs of this node joined to it by NVLink.")
 
 
 class NodePublic(BaseModel):

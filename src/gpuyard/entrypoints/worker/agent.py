@@ -38,6 +38,7 @@ class Worker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._launch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._links: dict[int, list[int]] | None = None
 
     async def emit(self, body: dict[str, Any]) -> None:
         await self.broker.publish("events", body)
@@ -193,6 +194,11 @@ class Worker:
 
     def _sample(self) -> list[GpuSample]:
         own = self._own_pgids()
+        if self._links is None:  # the topology does not change while the worker runs: read it once
+            self._links = {}
+            for a, b in self.gpus.links():
+                self._links.setdefault(a, []).append(b)
+                self._links.setdefault(b, []).append(a)
         samples = []
         for gpu in self.gpus.list_gpus():
             outside = [
@@ -208,6 +214,7 @@ class Worker:
                     memory_used_mib=gpu.memory_used_mib,
                     utilization_pct=gpu.utilization_pct,
                     outside=outside,
+                    links=sorted(self._links.get(gpu.index, [])),
                 )
             )
         return samples

@@ -233,14 +233,22 @@ class Timeline:
         the job, and only the first few gaps that could beat the best start so far are tried (a bound on
         the work per job: an untried gap can only make an estimate later, never double-book a GPU)."""
         floor = max(floor, 0.0)
-        nodes = [n for n in self.nodes if len(n.gpus) >= count]
-        if not nodes:
+        best = INF
+        tied: list[Node] = []
+        for node in self.nodes:  # where `count` GPUs free for good soonest
+            if len(node.gpus) < count:
+                continue
+            start = node.tails[count - 1]
+            start = floor if start < floor else start
+            if start < best:
+                best, tied = start, [node]
+            elif start == best:
+                tied.append(node)
+        if not tied:
             return None
-        starts = {n.name: max(n.tails[count - 1], floor) for n in nodes}
-        best = min(starts.values())
         if length < INF:
-            for node in nodes:
-                if node.max_gap < length:
+            for node in self.nodes:
+                if node.max_gap < length or len(node.gpus) < count:
                     continue  # without a gap that can hold it, nothing on this node beats `best`
                 if sum(1 for g in node.gpus if g.max_gap >= length or g.tail < best) < count:
                     continue
@@ -250,10 +258,9 @@ class Timeline:
                 moments.update(t for t in (max(g.tail, floor) for g in node.gpus) if t < best)
                 for start in sorted(moments)[:_GAPS_TRIED]:
                     if sum(1 for g in node.gpus if g.free_for(start, length)) >= count:
-                        starts[node.name] = start
-                        best = start
+                        best, tied = start, [node]
                         break
-        tied = [n for n in nodes if starts[n.name] == best]
+                    # (a start equal to `best` on another node is not tried: the first node found keeps it)
         winner = tied[0] if len(tied) == 1 else min(tied, key=lambda n: (free_at(n, best), n.name))
         ready = [g for g in winner.gpus if g.free_for(best, length)]
         return Fit(best, winner, choose(ready, count, best, winner.links))

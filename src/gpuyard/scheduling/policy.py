@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from gpuyard.scheduling.booking import INF, Fit, Gpu, Holder, Node, choose, free_at
 from gpuyard.scheduling.model import (
@@ -51,6 +52,14 @@ _WEAKNESS = {s: i for i, s in enumerate(RuntimeSource)}
 
 def weakest(a: RuntimeSource, b: RuntimeSource) -> RuntimeSource:
     return a if _WEAKNESS[a] >= _WEAKNESS[b] else b
+
+
+class _Slot(NamedTuple):
+    runtime: float  # planned
+    source: RuntimeSource  # of the planned runtime
+    guaranteed: float  # the time limit, or INF
+    user_floor: float  # the earliest start the user's GPU limit allows
+    fit: Fit | None
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,17 @@ class Timeline:
         """GPUs busy once this pass's placements have started (outside-held ones included)."""
         return self.total - sum(self.free_now.values())
 
-    def add(self, job: PendingJob) -> _Step:
+    def slot(self, job: PendingJob) -> _Slot:
+        """Where the next job in line would be booked, without booking it."""
+        runtime, source = planned_runtime(job, self.default_runtime_s)
+        guaranteed = job.time_limit_s if job.time_limit_s is not None else INF
+        user_floor = self._user_floor(job, runtime)
+        floor = user_floor if self.rules.backfill else max(user_floor, self.last_start)
+        fit = self._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
+        return _Slot(runtime, source, guaranteed, user_floor, fit)
+
+    def add(self, job: PendingJob, slot: _Slot | None = None) -> _Step:
+        """Book the next job in line (at `slot`, when the caller has just found it)."""
         rank = effective_rank(job, self.rules)
         self.lowest_rank = rank if self.lowest_rank is None else min(self.lowest_rank, rank)
         if job.held:
@@ -133,11 +152,7 @@ class Timeline:
             return _Step(
                 job, self.count, self.gpus_ahead, None, WaitReason.HELD, None, RuntimeSource.DEFAULT, False
             )
-        runtime, source = planned_runtime(job, self.default_runtime_s)
-        guaranteed = job.time_limit_s if job.time_limit_s is not None else INF
-        user_floor = self._user_floor(job, runtime)
-        floor = user_floor if self.rules.backfill else max(user_floor, self.last_start)
-        fit = self._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
+        runtime, source, guaranteed, user_floor, fit = slot or self.slot(job)
         if fit is None:
             self.count += 1
             reason = _unforeseeable_reason(self.nodes, job.gpus, self.views)
@@ -292,14 +307,10 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
         return None
     if job.held:
         return timeline.estimate(timeline.add(job))
-    guaranteed = job.time_limit_s if job.time_limit_s is not None else INF
-    floor = timeline._user_floor(job, planned_runtime(job, timeline.default_runtime_s)[0])
-    if not timeline.rules.backfill:
-        floor = max(floor, timeline.last_start)
-    fit = timeline._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
-    if fit is not None and fit.start <= 0.0:
+    slot = timeline.slot(job)
+    if slot.fit is not None and slot.fit.start <= 0.0:
         return None
-    return timeline.estimate(timeline.add(job))
+    return timeline.estimate(timeline.add(job, slot))
 
 
 def _build_nodes(request: ScheduleRequest) -> list[Node]:

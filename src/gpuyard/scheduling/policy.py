@@ -88,16 +88,24 @@ def queue_order(pending: tuple[PendingJob, ...], rules: Rules | None = None) -> 
     return sorted(pending, key=lambda j: (-effective_rank(j, rules), usage.get(j.user, 0.0), j.seq))
 
 
+def expected_runtime(
+    *, known_s: float | None, time_limit_s: float | None, default_runtime_s: float
+) -> tuple[float, RuntimeSource]:
+    """A job's expected runtime and its source: what history knows (at most the time limit), else the time
+    limit, else the default. The controller and the simulator use it for running jobs too."""
+    if known_s is not None:
+        return (known_s if time_limit_s is None else min(known_s, time_limit_s)), RuntimeSource.HISTORY
+    if time_limit_s is not None:
+        return time_limit_s, RuntimeSource.TIME_LIMIT
+    return default_runtime_s, RuntimeSource.DEFAULT
+
+
 def planned_runtime(job: PendingJob, default_runtime_s: float) -> tuple[float, RuntimeSource]:
-    """How long a job is expected to hold its GPUs, and from what that is known."""
-    if job.expected_runtime_s is not None:
-        runtime = job.expected_runtime_s
-        if job.time_limit_s is not None:
-            runtime = min(runtime, job.time_limit_s)
-        return max(runtime, _MIN_RUNTIME_S), RuntimeSource.HISTORY
-    if job.time_limit_s is not None:
-        return max(job.time_limit_s, _MIN_RUNTIME_S), RuntimeSource.TIME_LIMIT
-    return max(default_runtime_s, _MIN_RUNTIME_S), RuntimeSource.DEFAULT
+    """How long a waiting job is planned to hold its GPUs (never less than a moment), and from what."""
+    runtime, source = expected_runtime(
+        known_s=job.expected_runtime_s, time_limit_s=job.time_limit_s, default_runtime_s=default_runtime_s
+    )
+    return max(runtime, _MIN_RUNTIME_S), source
 
 
 class Timeline:

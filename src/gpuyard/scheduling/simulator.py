@@ -25,10 +25,9 @@ from gpuyard.scheduling.model import (
     Placement,
     Rules,
     RunningJob,
-    RuntimeSource,
     ScheduleRequest,
 )
-from gpuyard.scheduling.policy import queue_order, schedule
+from gpuyard.scheduling.policy import expected_runtime, queue_order, schedule
 from gpuyard.scheduling.trace import Trace, TraceJob
 
 _HISTORY_RUNS = 200  # the finished runs the history is built from, newest first
@@ -287,12 +286,9 @@ class _Simulation:
         self.busy.update(gpus)
         limit_s = job.time_limit_s
         known = self.history.expected_runtime_s(user=job.user, name=None, command=None, time_limit_s=limit_s)
-        if known is not None:
-            expected_s, source = known, RuntimeSource.HISTORY
-        elif limit_s is not None:
-            expected_s, source = limit_s, RuntimeSource.TIME_LIMIT
-        else:
-            expected_s, source = self.default_runtime_s, RuntimeSource.DEFAULT
+        expected_s, source = expected_runtime(
+            known_s=known, time_limit_s=limit_s, default_runtime_s=self.default_runtime_s
+        )
         self.running[job.job_id] = RunningJob(
             job_id=job.job_id,
             node=placement.node,

@@ -32,7 +32,7 @@ from gpuyard.scheduling.model import (
     RuntimeSource,
     ScheduleRequest,
 )
-from gpuyard.scheduling.policy import Timeline, extend, schedule
+from gpuyard.scheduling.policy import Timeline, expected_runtime, extend, schedule
 from gpuyard.services.ports import Clock, Publisher
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class PassResult:
 def expected_end(
     row: dict[str, Any], *, now: datetime, history: RuntimeHistory, default_runtime_s: float
 ) -> tuple[datetime, float | None, RuntimeSource]:
-    """When a job holding GPUs should end: from its progress, else its time limit, else the history of
-    similar jobs, else the default runtime."""
+    """When a job holding GPUs should end: from its progress, else the history of similar jobs, else its
+    time limit, else the default runtime."""
     began: datetime = row["started_at"] or row["dispatched_at"]
     progress = None
     if row["progress_total"] and row["progress_step"] is not None and row["started_at"] is not None:
@@ -79,11 +79,10 @@ def expected_end(
     known = history.expected_runtime_s(
         user=row["user"], name=row["name"], command=json.dumps(row["argv"]), time_limit_s=row["time_limit_s"]
     )
-    if known is not None:
-        return began + timedelta(seconds=known), progress, RuntimeSource.HISTORY
-    if row["time_limit_s"]:
-        return began + timedelta(seconds=row["time_limit_s"]), progress, RuntimeSource.TIME_LIMIT
-    return began + timedelta(seconds=default_runtime_s), progress, RuntimeSource.DEFAULT
+    runtime_s, source = expected_runtime(
+        known_s=known, time_limit_s=row["time_limit_s"], default_runtime_s=default_runtime_s
+    )
+    return began + timedelta(seconds=runtime_s), progress, source
 
 
 def reported_links(gpus: list[dict[str, Any]]) -> frozenset[tuple[int, int]]:

@@ -37,9 +37,10 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 
 async def add_job(db: Database, user_id: int, *, gpus: int = 1) -> int:
     async with db.write() as conn:
-        return await jobs_repo.insert_job(
-            conn, spec=make_spec(command=["true"], gpus=gpus), user_id=user_id, now=NOW
+        (job_id,) = await jobs_repo.insert_jobs(
+            conn, [(make_spec(command=["true"], gpus=gpus), user_id)], now=NOW
         )
+        return job_id
 
 
 async def add_user(db: Database, name: str = "ann") -> int:

@@ -180,7 +180,6 @@ class SchedulerService:
         self._nodes: dict[str, dict[str, Any]] | None = None
         self._outbox_lock = asyncio.Lock()
         self._wake_tasks: set[asyncio.Task[Any]] = set()
-        self.pass_count = 0
 
     async def run_pass(self, *, estimates: bool = True) -> PassResult:
         """A pass that started after this call. Without `estimates` it only places jobs: what an event
@@ -279,7 +278,6 @@ class SchedulerService:
             usage_s=self._usage_s,
         )
         decision = schedule(request, estimates=estimates)
-        self.pass_count += 1
         if estimates:
             self._timeline = decision.timeline if isinstance(decision.timeline, Timeline) else None
         else:

@@ -46,11 +46,6 @@ def job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
     }
 
 
-async def insert_job(conn: AsyncConnection, *, spec: JobSpec, user_id: int, now: datetime) -> int:
-    query = insert(jobs).values(**job_values(spec, user_id, now)).returning(jobs.c.id)
-    return int((await conn.execute(query)).scalar_one())
-
-
 async def insert_jobs(
     conn: AsyncConnection, items: Sequence[tuple[JobSpec, int]], *, now: datetime
 ) -> list[int]:

@@ -52,10 +52,6 @@ async def user_by_name(conn: AsyncConnection, name: str) -> Row | None:
     return dict(row) if row else None
 
 
-async def list_users(conn: AsyncConnection) -> list[Row]:
-    return [dict(r) for r in (await conn.execute(select(users).order_by(users.c.id))).mappings()]
-
-
 async def count_users(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
 

@@ -32,6 +32,21 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def retry_while_unavailable(
+    action: Callable[[], Awaitable[None]], *, what: str, first_delay_s: float = 0.5, max_delay_s: float = 10.0
+) -> None:
+    """Run `action` until it gets through, waiting longer after each BrokerUnavailable (up to a cap)."""
+    delay_s = first_delay_s
+    while True:
+        try:
+            await action()
+            return
+        except BrokerUnavailable as e:
+            log.warning("%s: %s; retrying in %.1f s", what, e, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, max_delay_s)
+
+
 class PoisonMessage(Exception):
     """A message that can never be processed: it goes to the dead-letter queue at once."""
 

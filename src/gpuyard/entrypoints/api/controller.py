@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker
+from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.migrate import migrate
-from gpuyard.domain.errors import BrokerUnavailable, ConfigurationError
+from gpuyard.domain.errors import ConfigurationError
 from gpuyard.scheduling.history import parse_links
 from gpuyard.services.auth import AuthService, check_user_name
 from gpuyard.services.events import EventService
@@ -101,22 +101,14 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._tick(), name="scheduler-tick"))
 
     async def _connect_broker(self) -> None:
-        delay_s = 0.5
-        while True:
-            try:
-                await self.broker.connect()
-                await self.broker.consume(
-                    self.broker.events_queue, self.events.handle, prefetch=256, serial=True
-                )
-            except BrokerUnavailable as e:
-                log.warning("%s; retrying in %.0f s", e, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 10.0)
-                continue
-            log.info("connected to RabbitMQ, instance %s", self.broker.instance)
-            self.broker_ready.set()
-            await self.scheduler.flush_outbox()
-            return
+        async def connect() -> None:
+            await self.broker.connect()
+            await self.broker.consume(self.broker.events_queue, self.events.handle, prefetch=256, serial=True)
+
+        await retry_while_unavailable(connect, what="connecting to RabbitMQ")
+        log.info("connected to RabbitMQ, instance %s", self.broker.instance)
+        self.broker_ready.set()
+        await self.scheduler.flush_outbox()
 
     async def _tick(self) -> None:
         """The periodic wake-up: a scheduling pass and a retry of unpublished dispatches."""

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gpuyard.adapters.broker.messages import Cancel, Dispatch, GpuSample, Heartbeat, node_message
-from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker
+from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
 from gpuyard.adapters.gpu.base import GpuBackend
 from gpuyard.adapters.runner.process import LaunchError
 from gpuyard.domain.errors import BrokerUnavailable
@@ -45,16 +45,12 @@ class Worker:
 
     async def run(self) -> None:
         """Connect (retrying), then serve until `stop()`."""
-        delay_s = 0.5
-        while True:
-            try:
-                await self.broker.connect()
-                await self.broker.declare_node_queue(self.node)
-                break
-            except BrokerUnavailable as e:
-                log.warning("%s; retrying in %.0f s", e, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 10.0)
+
+        async def connect() -> None:
+            await self.broker.connect()
+            await self.broker.declare_node_queue(self.node)
+
+        await retry_while_unavailable(connect, what="connecting to RabbitMQ")
         await self._heartbeat_once()
         await self.broker.consume(
             self.broker.node_queue(self.node), self.handle, prefetch=self.settings.max_parallel_jobs

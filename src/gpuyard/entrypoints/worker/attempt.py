@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuyard.adapters.broker.messages import Dispatch, Finished, LogChunk, Outcome, Progress, Started
+from gpuyard.adapters.broker.rabbitmq import retry_while_unavailable
 from gpuyard.adapters.runner.process import ExitStatus, JobProcess, LaunchError, scrub_environment
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
@@ -158,15 +159,12 @@ class Attempt:
 
     async def _emit_retrying(self, body: dict[str, Any]) -> None:
         """An end must reach the controller: retry through a broker outage."""
-        delay_s = 0.2
-        while True:
-            try:
-                await self._emit(body)
-                return
-            except BrokerUnavailable as e:
-                log.warning("cannot report job %s yet: %s", self.dispatch.job_id, e)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
+        await retry_while_unavailable(
+            lambda: self._emit(body),
+            what=f"reporting job {self.dispatch.job_id}",
+            first_delay_s=0.2,
+            max_delay_s=5.0,
+        )
 
     async def _on_output(self, chunk: bytes) -> None:
         with open(self.output_dir / "output.log", "ab") as f:  # noqa: ASYNC230 - a local append, microseconds

@@ -74,7 +74,7 @@ class Client:
             raise ApiUnreachable(self.url, e) from e
         if response.status_code >= 400:
             raise _error(response)
-        return response.json()
+        return None if response.status_code == 204 else response.json()
 
     # jobs
 
@@ -178,6 +178,59 @@ class Client:
 
     def gpus(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/api/v1/gpus")
+        return result
+
+    # observability
+
+    def job_series(
+        self, job_id: int, *, attempt: int | None = None, max_points: int = 1000
+    ) -> dict[str, Any]:
+        """A job's GPU usage and reported metrics over time."""
+        params: dict[str, Any] = {"max_points": max_points}
+        if attempt is not None:
+            params["attempt"] = attempt
+        result: dict[str, Any] = self._request("GET", f"/api/v1/jobs/{job_id}/series", params=params)
+        return result
+
+    def gpu_usage(self, *, minutes: int = 60) -> dict[str, Any]:
+        """Every GPU's utilization and memory over the last `minutes`."""
+        result: dict[str, Any] = self._request("GET", "/api/v1/gpus/usage", params={"minutes": minutes})
+        return result
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition of /metrics."""
+        try:
+            response = self._http.get("/metrics")
+        except httpx.TransportError as e:
+            raise ApiUnreachable(self.url, e) from e
+        if response.status_code != 200:
+            raise _error(response)
+        return response.text
+
+    def add_webhook(
+        self,
+        url: str,
+        *,
+        events: list[str] | None = None,
+        format: str = "json",
+        all_jobs: bool = False,
+        secret: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"url": url, "events": events, "format": format, "all_jobs": all_jobs, "secret": secret}
+        result: dict[str, Any] = self._request("POST", "/api/v1/webhooks", json=body)
+        return result
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/webhooks")
+        return result
+
+    def remove_webhook(self, hook_id: int) -> None:
+        self._request("DELETE", f"/api/v1/webhooks/{hook_id}")
+
+    def webhook_deliveries(self, hook_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request(
+            "GET", f"/api/v1/webhooks/{hook_id}/deliveries", params={"limit": limit}
+        )
         return result
 
     # users and health

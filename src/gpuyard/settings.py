@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     )
     max_parallel_jobs: int = Field(64, ge=1, description="Dispatches a worker takes at once.")
     default_runtime_s: float = Field(3600.0, gt=0, description="Runtime assumed for jobs with no limit.")
-    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a worker reports its GPUs.")
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0, description="How often a worker samples its GPUs and reports them and each job's usage."
+    )
     node_lease_s: float = Field(30.0, gt=0, description="A node silent this long is offline.")
     kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
     scheduler_tick_s: float = Field(5.0, gt=0, description="Scheduling pass period besides wake-ups.")
@@ -74,6 +76,38 @@ class Settings(BaseSettings):
         "(used when NVML reports no topology).",
     )
 
+    usage_bucket_s: float = Field(
+        30.0, gt=0, description="GPU usage series keep one point (mean, peak memory) per this many seconds."
+    )
+    usage_retention_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="How long per-GPU usage series are kept (per-job series stay with the job).",
+    )
+    idle_gpu_after_s: float = Field(
+        1800.0, gt=0, description="A running job whose GPUs stay idle this long is flagged (and notified)."
+    )
+    idle_gpu_below_pct: float = Field(
+        5.0, ge=0, le=100, description="A GPU below this utilization (%) counts as idle."
+    )
+    progress_point_s: float = Field(
+        2.0, ge=0, description="A job's series of reported metrics keeps one point per this many seconds."
+    )
+    webhook_retry_s: float = Field(
+        10.0, gt=0, description="First retry delay of a failed webhook delivery; doubles up to an hour."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, description="Tries per webhook delivery before it fails.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time-out of one webhook request.")
+    tensorboard_dir: Path | None = Field(
+        None, description="Where jobs write TensorBoard runs ($GPUYARD_TB_DIR); default DATA_DIR/tensorboard."
+    )
+    tensorboard_port: int | None = Field(
+        None, ge=1, le=65535, description="`gpuyard up` also serves TensorBoard on this port (unset: not)."
+    )
+    tensorboard_url: str | None = Field(
+        None, description="Where a TensorBoard over TENSORBOARD_DIR is served, for links to each job's run."
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -95,6 +129,10 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def tensorboard_logdir(self) -> Path:
+        return self.tensorboard_dir or self.data_dir / "tensorboard"
 
     def instance_name(self) -> str:
         """The configured instance, else one made once and kept in DATA_DIR/instance."""

@@ -205,3 +205,76 @@ async def test_queue_controls_are_conditional_on_a_waiting_job(db: Database) -> 
         assert await jobs_repo.hold(conn, job_id=waiting, now=later) is False
         assert await jobs_repo.set_priority(conn, job_id=waiting, priority=Priority.LOW, now=later) is False
         assert await jobs_repo.count_waiting(conn, [user_id]) == {user_id: 1}
+
+
+async def test_the_migrations_build_exactly_the_schema_the_tables_describe(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from gpuyard.adapters.db.tables import metadata
+
+    def differences(sync_conn: object) -> list[object]:
+        context = MigrationContext.configure(sync_conn, opts={"compare_type": False})  # type: ignore[arg-type]
+        return [d for d in compare_metadata(context, metadata) if "alembic_version" not in str(d)]
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(differences) == []
+
+
+async def test_gpu_usage_folds_into_series_stats_and_an_idle_flag(db: Database) -> None:
+    from gpuyard.adapters.broker.messages import GpuSample, GpuUse, Heartbeat, JobUsage
+    from gpuyard.adapters.db import usage_repo
+    from gpuyard.services.usage import UsageConfig, UsageService
+
+    user_id = await add_user(db)
+    job_id = await add_job(db, user_id, gpus=2)
+    async with db.write() as conn:
+        await jobs_repo.dispatch(
+            conn, job_id=job_id, node="n", gpu_indices=[0, 1], gpu_uuids=["a", "b"], now=NOW
+        )
+        await jobs_repo.transition(
+            conn, job_id=job_id, attempt=1, sources={JobState.DISPATCHED}, target=JobState.RUNNING, now=NOW
+        )
+    flagged: list[tuple[int, datetime]] = []
+
+    async def on_idle(_conn: object, idle_job: int, _attempt: int, since: datetime) -> None:
+        flagged.append((idle_job, since))
+
+    usage = UsageService(
+        db,
+        clock=lambda: NOW,
+        config=UsageConfig(bucket_s=10, idle_after_s=25, idle_below_pct=5),
+        on_idle=on_idle,
+    )
+
+    def beat(second: int, utils: tuple[int, int], *, running: bool = True) -> Heartbeat:
+        gpus = [
+            GpuSample(
+                index=i, uuid=u, name="g", memory_total_mib=24576, memory_used_mib=4000, utilization_pct=p
+            )
+            for i, (u, p) in enumerate(zip("ab", utils, strict=True))
+        ]
+        uses = [GpuUse(index=i, utilization_pct=p, memory_used_mib=4000) for i, p in enumerate(utils)]
+        jobs = [JobUsage(job_id=job_id, attempt=1, gpus=uses)] if running else []
+        return Heartbeat(node="n", backend="fake", gpus=gpus, usage=jobs, at=NOW + timedelta(seconds=second))
+
+    for second in range(0, 10, 2):  # busy: 90 % and 70 % -> 80 % mean
+        await usage.record(beat(second, (90, 70)))
+    for second in range(10, 40, 2):  # then idle for 30 s
+        assert await usage.record(beat(second, (0, 0))) == (1 if second == 34 else 0)
+    assert flagged == [(job_id, NOW + timedelta(seconds=8))]  # idle since the last busy sample
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+    assert job is not None and job["gpu_idle_since"] == NOW + timedelta(seconds=8)
+    assert await usage.record(beat(40, (99, 99))) == 0  # busy again: the flag goes
+    await usage.record(beat(42, (0, 0), running=False))  # the job ended: its open bucket is written
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+        points = await usage_repo.job_usage_points(conn, job_id=job_id, attempt=1)
+        gpu_points = await usage_repo.gpu_usage_points(conn, since=NOW)
+    assert job is not None and job["gpu_idle_since"] is None
+    assert [(p["at"] - NOW).total_seconds() for p in points] == [0, 10, 20, 30, 40]
+    assert [p["utilization_pct"] for p in points] == [80.0, 0.0, 0.0, 0.0, 99.0]
+    assert job["usage_samples"] == 21 and job["gpu_util_peak"] == 99.0 and job["gpu_mem_peak_mib"] == 8000
+    assert job["gpu_util_mean"] == pytest.approx((5 * 80 + 99) / 21)
+    assert [p["utilization_pct"] for p in gpu_points[("n", 0)]] == [90.0, 0.0, 0.0, 0.0]

@@ -23,7 +23,7 @@ from gpuyard.adapters.gpu import common, smi
 from gpuyard.adapters.gpu.base import GpuProcess
 from gpuyard.adapters.gpu.common import Ownership, classify_pid, command_of_pid, user_of_pid
 from gpuyard.adapters.gpu.detect import describe_backend, open_gpu_backend
-from gpuyard.adapters.gpu.fake import FakeGpus, fake_gpu_uuid, simulated_load
+from gpuyard.adapters.gpu.fake import FakeGpus, cpu_seconds_by_group, fake_gpu_uuid, simulated_memory_mib
 from gpuyard.adapters.gpu.nvml import NvmlGpus
 from gpuyard.adapters.gpu.smi import NvidiaSmiGpus, parse_apps_csv, parse_gpu_csv
 from gpuyard.domain.errors import ConfigurationError
@@ -142,11 +142,12 @@ def test_malformed_state_file_is_a_configuration_error(tmp_path: Path, content: 
 
 def test_set_job_gpus_simulates_load_and_clear_job_ends_it() -> None:
     fake = FakeGpus(4)
-    fake.set_job_gpus(777, [0, 2])
+    fake.set_job_gpus(777, [0, 2])  # no such process group: it uses no CPU, so its GPUs sit idle
 
     gpus = fake.list_gpus()
     for index in (0, 2):
-        assert gpus[index].utilization_pct in range(85, 100)
+        assert gpus[index].utilization_pct == 0
+        assert gpus[index].memory_used_mib == simulated_memory_mib(777, index)
         assert 4096 <= gpus[index].memory_used_mib <= 7168
         assert [p.pid for p in gpus[index].processes] == [777]
     for index in (1, 3):
@@ -159,19 +160,27 @@ def test_set_job_gpus_simulates_load_and_clear_job_ends_it() -> None:
     assert all(g.utilization_pct == 0 and g.processes == () for g in fake.list_gpus())
 
 
-def test_set_job_gpus_refuses_unknown_gpus() -> None:
-    with pytest.raises(ValueError, match="do not exist"):
-        FakeGpus(2).set_job_gpus(777, [1, 2])
+def _group(*argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(argv), start_new_session=True)
 
 
-@pytest.mark.parametrize(
-    ("job_pgid", "index", "now_s"), [(1, 0, 0.0), (777, 3, 1e9), (4242, 1, 12.5), (99999, 2, 1.7e9)]
-)
-def test_simulated_load_is_busy_and_bounded(job_pgid: int, index: int, now_s: float) -> None:
-    utilization_pct, used_memory_mib = simulated_load(job_pgid, index, now_s)
-    assert 85 <= utilization_pct <= 99
-    assert 4096 <= used_memory_mib <= 7168
-    assert simulated_load(job_pgid, index, now_s) == (utilization_pct, used_memory_mib)
+def test_a_job_busy_on_the_cpu_keeps_its_fake_gpu_busy_and_a_sleeping_one_idle() -> None:
+    busy = _group(sys.executable, "-c", "while True: pass")
+    asleep = _group("sleep", "30")
+    try:
+        fake = FakeGpus(2)
+        fake.set_job_gpus(busy.pid, [0])
+        fake.set_job_gpus(asleep.pid, [1])
+        time.sleep(1.0)
+        gpus = fake.list_gpus()
+        assert gpus[0].utilization_pct is not None and gpus[0].utilization_pct >= 50
+        assert gpus[1].utilization_pct == 0
+        cpu = cpu_seconds_by_group({busy.pid, asleep.pid, 999_999_999})
+        assert cpu[busy.pid] > 0.3 and cpu[asleep.pid] < 0.1 and cpu[999_999_999] == 0.0
+    finally:
+        for proc in (busy, asleep):
+            proc.kill()
+            proc.wait()
 
 
 def test_fake_is_safe_to_use_from_several_threads() -> None:
@@ -198,7 +207,7 @@ def test_classify_pid_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     gone = exited_pid()
     assert classify_pid(os.getpid(), [OWN_PGID]) is Ownership.OWN  # by process group
     assert classify_pid(4242, [4242]) is Ownership.OWN  # the pid itself is a job's pgid
-    assert classify_pid(os.getpid(), [OWN_PGID + 1]) is Ownership.OUTSIDE
+    assert classify_pid(os.getpid(), [4_194_305]) is Ownership.OUTSIDE  # no pid or pgid is that high
     assert classify_pid(0, [OWN_PGID]) is Ownership.OUTSIDE  # untranslatable pid from another namespace
     assert classify_pid(gone, [OWN_PGID]) is Ownership.GONE
     assert classify_pid(gone, [OWN_PGID], missing_is_outside=True) is Ownership.OUTSIDE

@@ -17,6 +17,14 @@ class InvalidJobSpec(GpuyardError):
     code = "invalid_job_spec"
 
 
+class InvalidWebhook(GpuyardError):
+    code = "invalid_webhook"
+
+
+class WebhookNotFound(GpuyardError):
+    code = "webhook_not_found"
+
+
 class JobNotFound(GpuyardError):
     code = "job_not_found"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,3 +185,13 @@ def _check_env(env: Mapping[str, str]) -> dict[str, str]:
             raise InvalidJobSpec(f"Environment variable {key} must be a string under 16 KiB without NUL.")
         clean[key] = value
     return clean
+
+
+_RUN_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def tensorboard_run(job_id: int, name: str, attempt: int) -> str:
+    """The TensorBoard run of a job's attempt, relative to the TensorBoard log dir: `job-12-digits/attempt-1`
+    (the name kept to safe characters, so the run is a plain directory and readable in TensorBoard)."""
+    slug = _RUN_NAME_CHARS.sub("-", name).strip("-.")[:40]
+    return f"job-{job_id}-{slug}/attempt-{attempt}" if slug else f"job-{job_id}/attempt-{attempt}"

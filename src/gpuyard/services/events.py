@@ -4,15 +4,23 @@ duplicated event cannot move a job backwards; log chunks are keyed by offset, so
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gpuyard.adapters.broker.messages import Finished, Heartbeat, LogChunk, Progress, Started, event_message
 from gpuyard.adapters.db import jobs_repo, repo
 from gpuyard.adapters.db.engine import Database
+from gpuyard.adapters.db.tables import attempts, job_progress
 from gpuyard.domain.jobs import ACTIVE_STATES, FailureClass, JobState
 from gpuyard.domain.transitions import sources_of
-from gpuyard.services.ports import Clock
+from gpuyard.domain.webhooks import END_EVENTS
+from gpuyard.services.ports import Clock, NoTelemetry, Telemetry
 from gpuyard.services.scheduler import SchedulerService
+from gpuyard.services.usage import UsageService
+from gpuyard.services.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +33,25 @@ _OUTCOME = {
 
 
 class EventService:
-    def __init__(self, db: Database, scheduler: SchedulerService, *, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        scheduler: SchedulerService,
+        *,
+        clock: Clock,
+        usage: UsageService | None = None,
+        webhooks: WebhookService | None = None,
+        telemetry: Telemetry | None = None,
+        progress_point_s: float = 2.0,
+    ) -> None:
         self._db = db
         self._scheduler = scheduler
         self._clock = clock
+        self._usage = usage
+        self._webhooks = webhooks
+        self._telemetry = telemetry or NoTelemetry()
+        self._progress_point_s = progress_point_s
+        self._last_point_at: dict[tuple[int, int], datetime] = {}
 
     async def handle(self, body: dict[str, Any]) -> None:
         """Apply one event (raises ValueError for a body that can never be processed)."""
@@ -43,18 +66,33 @@ class EventService:
                     conn, job_id=event.job_id, attempt=event.attempt, offset=event.offset, data=event.data
                 )
         elif isinstance(event, Progress):
-            async with self._db.write() as conn:
-                await jobs_repo.set_progress(
-                    conn,
-                    job_id=event.job_id,
-                    attempt=event.attempt,
-                    step=event.step,
-                    total=event.total,
-                    metrics=event.metrics,
-                    now=self._clock(),
-                )
+            await self._progress(event)
         else:
             await self._finished(event)
+
+    async def _progress(self, event: Progress) -> None:
+        now = self._clock()
+        key = (event.job_id, event.attempt)
+        last = self._last_point_at.get(key)
+        keep_point = last is None or (now - last).total_seconds() >= self._progress_point_s
+        if event.total is not None and event.step is not None and event.step >= event.total:
+            keep_point = True  # the last point of a run always makes it into its series
+        async with self._db.write() as conn:
+            moved = await jobs_repo.set_progress(
+                conn,
+                job_id=event.job_id,
+                attempt=event.attempt,
+                step=event.step,
+                total=event.total,
+                metrics=event.metrics,
+                now=now,
+            )
+            if moved and keep_point:
+                point = {"job_id": event.job_id, "attempt": event.attempt, "at": now}
+                point |= {"step": event.step, "total": event.total, "metrics": event.metrics}
+                await conn.execute(repo.insert_ignore(conn, job_progress).values(**point))
+        if moved and keep_point:
+            self._last_point_at[key] = now
 
     async def _heartbeat(self, event: Heartbeat) -> None:
         gpus = [g.model_dump(mode="json") for g in event.gpus]
@@ -63,6 +101,8 @@ class EventService:
                 conn, name=event.node, backend=event.backend, gpus=gpus, now=self._clock()
             )
         self._scheduler.note_node(node)
+        if self._usage is not None and await self._usage.record(event):
+            self._kick_webhooks()
         if changed:
             log.info("node %s reports %s GPUs (%s)", event.node, len(gpus), event.backend)
             self._scheduler.wake()
@@ -81,10 +121,26 @@ class EventService:
             await jobs_repo.update_attempt(
                 conn, job_id=event.job_id, attempt=event.attempt, started_at=event.at, pid=event.pid
             )
+            if moved:
+                job = await jobs_repo.get_job(conn, event.job_id)
+                assert job is not None
+                dispatched_at = (
+                    await conn.execute(
+                        select(attempts.c.dispatched_at).where(
+                            attempts.c.job_id == event.job_id, attempts.c.number == event.attempt
+                        )
+                    )
+                ).scalar()
+                self._telemetry.job_started(
+                    wait_s=(event.at - job["submitted_at"]).total_seconds(),
+                    dispatch_latency_s=(event.at - dispatched_at).total_seconds() if dispatched_at else None,
+                )
+                await self._notify(conn, "job.started", job)
         if moved:
             log.info(
                 "job %s attempt %s running on %s (pid %s)", event.job_id, event.attempt, event.node, event.pid
             )
+            self._kick_webhooks()
 
     async def _finished(self, event: Finished) -> None:
         requeue = event.failure_class == FailureClass.GPU_UNAVAILABLE.value
@@ -118,7 +174,19 @@ class EventService:
                 signal=event.signal,
                 failure_class=event.failure_class,
             )
+            if moved and not requeue:
+                job = await jobs_repo.get_job(conn, event.job_id)
+                assert job is not None
+                started_at = job["started_at"]
+                self._telemetry.job_finished(
+                    state=target.value,
+                    failure_class=event.failure_class,
+                    run_s=(event.at - started_at).total_seconds() if started_at else None,
+                )
+                await self._notify(conn, END_EVENTS[target.value], job)
+        self._last_point_at.pop((event.job_id, event.attempt), None)
         if moved:
+            self._kick_webhooks()
             log.info(
                 "job %s attempt %s %s on %s (exit %s)",
                 event.job_id,
@@ -128,3 +196,11 @@ class EventService:
                 event.exit_code,
             )
             self._scheduler.wake()
+
+    async def _notify(self, conn: AsyncConnection, event: str, job: dict[str, Any]) -> None:
+        if self._webhooks is not None:
+            await self._webhooks.enqueue(conn, event, job)
+
+    def _kick_webhooks(self) -> None:
+        if self._webhooks is not None:
+            self._webhooks.kick()

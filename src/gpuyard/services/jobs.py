@@ -23,9 +23,10 @@ from gpuyard.domain.errors import (
 from gpuyard.domain.jobs import JobSpec, JobState, Priority
 from gpuyard.scheduling.model import Estimate
 from gpuyard.services.auth import User
-from gpuyard.services.ports import Clock, Publisher
+from gpuyard.services.ports import Clock, NoTelemetry, Publisher, Telemetry
 from gpuyard.services.scheduler import PassResult, SchedulerService
 from gpuyard.services.waits import WaitInfo, describe_wait, wait_info
+from gpuyard.services.webhooks import WebhookService
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -97,7 +98,11 @@ class JobService:
         clock: Clock,
         urgent_admins_only: bool = True,
         max_waiting_jobs_per_user: int | None = None,
+        webhooks: WebhookService | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._webhooks = webhooks
+        self._telemetry = telemetry or NoTelemetry()
         self._db = db
         self._scheduler = scheduler
         self._publisher = publisher
@@ -230,6 +235,8 @@ class JobService:
                 finished_at=now,
                 failure_class="cancelled",
             )
+            if done and self._webhooks is not None:
+                await self._webhooks.enqueue(conn, "job.cancelled", {**job, "state": "cancelled"})
             if not done:
                 current = await jobs_repo.get_job(conn, job_id)
                 assert current is not None
@@ -243,6 +250,9 @@ class JobService:
                     )
         log.info("job %s cancel requested by %s", job_id, user.name)
         if done:
+            self._telemetry.job_finished(state="cancelled", failure_class="cancelled", run_s=None)
+            if self._webhooks is not None:
+                self._webhooks.kick()
             self._scheduler.wake()
         else:
             await self._scheduler.flush_outbox()

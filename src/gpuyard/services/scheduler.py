@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from gpuyard.scheduling.model import (
     ScheduleRequest,
 )
 from gpuyard.scheduling.policy import Timeline, expected_runtime, extend, schedule
-from gpuyard.services.ports import Clock, Publisher
+from gpuyard.services.ports import Clock, NoTelemetry, Publisher, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,9 @@ class SchedulerService:
         clock: Clock,
         config: SchedulingConfig,
         max_extend_age_s: float = 5.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry or NoTelemetry()
         self._db = db
         self._publisher = publisher
         self._clock = clock
@@ -192,7 +195,9 @@ class SchedulerService:
             if not estimates and self._placed >= ticket and self._last_placed is not None:
                 return self._last_placed
             target = self._requested
+            began = time.perf_counter()
             result = await self._pass(estimates=estimates)
+            self._telemetry.scheduler_pass(duration_s=time.perf_counter() - began, estimates=estimates)
             self._placed, self._last_placed = target, result
             if estimates:
                 self._completed, self._last = target, result

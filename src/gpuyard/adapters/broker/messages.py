@@ -54,12 +54,27 @@ class GpuSample(_Message):
     links: list[int] = Field(default_factory=list)  # indices of the GPUs joined to this one by NVLink
 
 
+class GpuUse(_Message):
+    """What one job does on one of its GPUs (its processes are found by process group)."""
+
+    index: int
+    utilization_pct: int | None = None
+    memory_used_mib: int | None = None
+
+
+class JobUsage(_Message):
+    job_id: int
+    attempt: int
+    gpus: list[GpuUse]
+
+
 class Heartbeat(_Message):
     type: Literal["heartbeat"] = "heartbeat"
     node: str
     backend: str
     gpus: list[GpuSample]
     running: list[tuple[int, int]] = Field(default_factory=list)
+    usage: list[JobUsage] = Field(default_factory=list)
     at: datetime
 
 

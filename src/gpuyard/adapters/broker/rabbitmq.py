@@ -61,6 +61,8 @@ class RabbitmqBroker:
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._consume_channels: list[AbstractChannel] = []
+        self.publish_failures = 0  # counted for /metrics
+        self.reconnects = 0
 
     @property
     def events_queue(self) -> str:
@@ -84,6 +86,7 @@ class RabbitmqBroker:
     async def connect(self) -> None:
         try:
             self._connection = await aio_pika.connect_robust(self.url, timeout=self._timeout_s)
+            self._connection.reconnect_callbacks.add(self._count_reconnect)
             self._publish_channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
@@ -126,9 +129,25 @@ class RabbitmqBroker:
                 message, routing_key=routing_key, mandatory=True, timeout=10
             )
         except aio_pika.exceptions.PublishError as e:
+            self.publish_failures += 1
             raise BrokerUnavailable(f"RabbitMQ could not route a message to {routing_key!r}: {e!r}") from e
-        except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as e:
+        except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError, BrokerUnavailable) as e:
+            self.publish_failures += 1
             raise BrokerUnavailable(f"Publishing to {routing_key!r} failed: {e!r}") from e
+
+    def _count_reconnect(self, _connection: Any) -> None:
+        self.reconnects += 1
+
+    async def dead_letter_count(self) -> int:
+        """Messages waiting in this instance's dead-letter queue."""
+        if self._connection is None:
+            raise BrokerUnavailable("Not connected to RabbitMQ.")
+        try:  # a channel of its own: a failed passive declare closes the channel it ran on
+            async with self._connection.channel() as channel:
+                queue = await channel.declare_queue(self.dead_queue, passive=True)
+        except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as e:
+            raise BrokerUnavailable(f"Cannot count dead letters: {e!r}") from e
+        return int(queue.declaration_result.message_count or 0)
 
     async def consume(
         self, queue_name: str, handler: Handler, *, prefetch: int = 64, serial: bool = False

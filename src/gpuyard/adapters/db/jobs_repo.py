@@ -137,6 +137,17 @@ async def count_by_state(conn: AsyncConnection) -> dict[str, int]:
     return {state: int(n) for state, n in (await conn.execute(query)).all()}
 
 
+# A new attempt starts its GPU usage figures afresh.
+_NEW_ATTEMPT_USAGE: dict[str, Any] = {
+    "usage_samples": 0,
+    "gpu_util_mean": None,
+    "gpu_util_peak": None,
+    "gpu_mem_mean_mib": None,
+    "gpu_mem_peak_mib": None,
+    "gpu_idle_since": None,
+}
+
+
 async def dispatch(
     conn: AsyncConnection,
     *,
@@ -151,7 +162,9 @@ async def dispatch(
     result = await conn.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value, jobs.c.held_at.is_(None))
-        .values(state=JobState.DISPATCHED.value, attempt=jobs.c.attempt + 1, updated_at=now)
+        .values(
+            state=JobState.DISPATCHED.value, attempt=jobs.c.attempt + 1, updated_at=now, **_NEW_ATTEMPT_USAGE
+        )
         .returning(jobs.c.attempt, jobs.c.name, jobs.c.argv, jobs.c.workdir, jobs.c.env, jobs.c.time_limit_s)
     )
     row = result.mappings().first()
@@ -204,14 +217,16 @@ async def set_progress(
     total: float | None,
     metrics: Row | None,
     now: datetime,
-) -> None:
-    await conn.execute(
+) -> bool:
+    """Record what the current attempt reports; False when the job moved on (a late report)."""
+    result = await conn.execute(
         update(jobs)
         .where(
             jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state.in_([s.value for s in ACTIVE_STATES])
         )
         .values(progress_step=step, progress_total=total, metrics=metrics, updated_at=now)
     )
+    return bool(result.rowcount)
 
 
 async def request_cancel(conn: AsyncConnection, *, job_id: int, now: datetime) -> None:

@@ -17,7 +17,7 @@ from gpuyard.domain.errors import UserExists
 Row = dict[str, Any]
 
 
-def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+def insert_ignore(conn: AsyncConnection, table: Any) -> Any:
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     return dialect.insert(table).on_conflict_do_nothing()
 
@@ -113,7 +113,7 @@ async def add_log_chunk(
         "end_offset": offset + len(data),
         "data": data,
     }
-    await conn.execute(_insert_ignore(conn, log_chunks).values(**values))
+    await conn.execute(insert_ignore(conn, log_chunks).values(**values))
 
 
 async def read_log(

@@ -93,6 +93,13 @@ jobs = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     # Set while its owner or an admin holds the job: it keeps its place in line but does not start.
     Column("held_at", UtcDateTime(), nullable=True),
+    # GPU usage of the current attempt, from the worker's samples (utilization in %, memory in MiB)
+    Column("usage_samples", Integer, nullable=False, default=0),
+    Column("gpu_util_mean", Float, nullable=True),
+    Column("gpu_util_peak", Float, nullable=True),
+    Column("gpu_mem_mean_mib", Float, nullable=True),
+    Column("gpu_mem_peak_mib", Integer, nullable=True),
+    Column("gpu_idle_since", UtcDateTime(), nullable=True),  # set while flagged as sitting idle on its GPUs
 )
 Index("ix_jobs_state_order", jobs.c.state, jobs.c.priority_rank, jobs.c.id)
 Index("ix_jobs_user_state", jobs.c.user_id, jobs.c.state)
@@ -145,3 +152,69 @@ log_chunks = Table(
     Column("end_offset", BigInteger, nullable=False),
     Column("data", LargeBinary, nullable=False),
 )
+
+# Time series, downsampled: one row per bucket (GPUYARD_USAGE_BUCKET_S) per attempt or per GPU.
+
+job_usage = Table(
+    "job_usage",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("at", UtcDateTime(), primary_key=True),
+    Column("utilization_pct", Float, nullable=False),  # mean over the bucket and the job's GPUs
+    Column("memory_used_mib", Integer, nullable=False),  # peak over the bucket, summed over the job's GPUs
+)
+
+gpu_usage = Table(
+    "gpu_usage",
+    metadata,
+    Column("node", String(255), primary_key=True),
+    Column("gpu_index", Integer, primary_key=True),
+    Column("at", UtcDateTime(), primary_key=True),
+    Column("utilization_pct", Float, nullable=False),
+    Column("memory_used_mib", Integer, nullable=False),
+)
+Index("ix_gpu_usage_at", gpu_usage.c.at)
+
+job_progress = Table(
+    "job_progress",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("at", UtcDateTime(), primary_key=True),
+    Column("step", Float, nullable=True),
+    Column("total", Float, nullable=True),
+    Column("metrics", JSON, nullable=False),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),  # NULL: global
+    Column("url", Text, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("job_id", Integer, nullable=True),
+    Column("body", JSON, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime(), nullable=True),
+    Column("last_attempt_at", UtcDateTime(), nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.state, webhook_deliveries.c.next_attempt_at)
+Index("ix_webhook_deliveries_hook", webhook_deliveries.c.webhook_id, webhook_deliveries.c.id)

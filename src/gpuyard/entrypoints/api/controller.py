@@ -8,12 +8,18 @@ import fcntl
 import getpass
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
+from gpuyard.adapters.db import jobs_repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.migrate import migrate
+from gpuyard.adapters.http.webhooks import HttpxWebhookSender
+from gpuyard.adapters.metrics.prometheus import PrometheusMetrics
 from gpuyard.domain.errors import ConfigurationError
 from gpuyard.scheduling.history import parse_links
 from gpuyard.services.auth import AuthService, check_user_name
@@ -21,6 +27,8 @@ from gpuyard.services.events import EventService
 from gpuyard.services.jobs import JobService
 from gpuyard.services.ports import Clock, utc_now
 from gpuyard.services.scheduler import SchedulerService, SchedulingConfig
+from gpuyard.services.usage import UsageConfig, UsageService
+from gpuyard.services.webhooks import WebhookConfig, WebhookService
 from gpuyard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,10 +84,42 @@ class Controller:
         self.clock = clock
         self.db = Database(settings.db_url)
         self.broker = RabbitmqBroker(settings.amqp_url, instance=settings.instance_name())
+        self.metrics = PrometheusMetrics(self.broker)
         self.scheduler = SchedulerService(
-            self.db, self.broker, clock=clock, config=scheduling_config(settings)
+            self.db, self.broker, clock=clock, config=scheduling_config(settings), telemetry=self.metrics
         )
-        self.events = EventService(self.db, self.scheduler, clock=clock)
+        self._sender = HttpxWebhookSender(timeout_s=settings.webhook_timeout_s)
+        self.webhooks = WebhookService(
+            self.db,
+            self._sender,
+            clock=clock,
+            config=WebhookConfig(
+                retry_base_s=settings.webhook_retry_s,
+                max_attempts=settings.webhook_max_attempts,
+                api_url=settings.api_url,
+            ),
+            telemetry=self.metrics,
+        )
+        self.usage = UsageService(
+            self.db,
+            clock=clock,
+            config=UsageConfig(
+                bucket_s=settings.usage_bucket_s,
+                retention_s=settings.usage_retention_s,
+                idle_after_s=settings.idle_gpu_after_s,
+                idle_below_pct=settings.idle_gpu_below_pct,
+            ),
+            on_idle=self._notify_idle,
+        )
+        self.events = EventService(
+            self.db,
+            self.scheduler,
+            clock=clock,
+            usage=self.usage,
+            webhooks=self.webhooks,
+            telemetry=self.metrics,
+            progress_point_s=settings.progress_point_s,
+        )
         self.jobs = JobService(
             self.db,
             self.scheduler,
@@ -87,6 +127,8 @@ class Controller:
             clock=clock,
             urgent_admins_only=settings.urgent_admins_only,
             max_waiting_jobs_per_user=settings.max_waiting_jobs_per_user,
+            webhooks=self.webhooks,
+            telemetry=self.metrics,
         )
         self.auth = AuthService(self.db, clock=clock)
         self.broker_ready = asyncio.Event()
@@ -99,6 +141,12 @@ class Controller:
             log.info("admin token written to %s", self.settings.admin_token_file)
         self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
         self._tasks.append(asyncio.create_task(self._tick(), name="scheduler-tick"))
+        self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
+
+    async def _notify_idle(self, conn: AsyncConnection, job_id: int, _attempt: int, _since: datetime) -> None:
+        job = await jobs_repo.get_job(conn, job_id)
+        if job is not None:
+            await self.webhooks.enqueue(conn, "job.idle_gpu", job)
 
     async def _connect_broker(self) -> None:
         async def connect() -> None:
@@ -128,4 +176,5 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.broker.close()
+        await self._sender.close()
         await self.db.dispose()

@@ -12,7 +12,9 @@ from gpuyard.domain import errors as e
 STATUS: dict[type[e.GpuyardError], int] = {
     e.InvalidJobSpec: 422,
     e.NoNodeFits: 422,
+    e.InvalidWebhook: 422,
     e.JobNotFound: 404,
+    e.WebhookNotFound: 404,
     e.InvalidTransition: 409,
     e.UserExists: 409,
     e.NotAuthenticated: 401,

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from gpuyard.domain.errors import InvalidJobSpec
-from gpuyard.domain.jobs import JobState, Priority, make_spec
+from gpuyard.domain.errors import GpuyardError, InvalidJobSpec
+from gpuyard.domain.jobs import JobState, Priority, make_spec, tensorboard_run
+from gpuyard.entrypoints.api.controller import Controller
 from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
 from gpuyard.entrypoints.api.schemas import (
     AttemptPublic,
     ErrorBody,
     JobCreate,
+    JobGpuUsage,
     JobPublic,
     JobsPublic,
     JobSubmitted,
@@ -34,8 +37,9 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 429: {"model": Error
 MAX_LOG_BYTES = 1024 * 1024
 
 
-def _job_fields(row: dict[str, Any]) -> dict[str, Any]:
+def _job_fields(row: dict[str, Any], *, tensorboard_url: str | None = None) -> dict[str, Any]:
     total, step = row.get("progress_total"), row.get("progress_step")
+    run = tensorboard_run(row["id"], row["name"], row["attempt"]) if row["attempt"] else None
     progress = min(max(step / total, 0.0), 1.0) if total and step is not None else None
     attempts = row.get("attempts")
     return {
@@ -65,7 +69,31 @@ def _job_fields(row: dict[str, Any]) -> dict[str, Any]:
         "node": row.get("node"),
         "gpu_indices": row.get("gpu_indices"),
         "attempts": [AttemptPublic(**a) for a in attempts] if attempts is not None else None,
+        "gpu_usage": _gpu_usage(row),
+        "tensorboard_run": run,
+        "tensorboard_url": run_link(tensorboard_url, run) if tensorboard_url and run else None,
     }
+
+
+def _gpu_usage(row: dict[str, Any]) -> JobGpuUsage | None:
+    if not row.get("usage_samples"):
+        return None
+    return JobGpuUsage(
+        utilization_mean_pct=round(row["gpu_util_mean"], 1),
+        utilization_peak_pct=round(row["gpu_util_peak"], 1),
+        memory_mean_mib=round(row["gpu_mem_mean_mib"]),
+        memory_peak_mib=row["gpu_mem_peak_mib"],
+        samples=row["usage_samples"],
+        idle_since=row.get("gpu_idle_since") if row["state"] == JobState.RUNNING.value else None,
+    )
+
+
+def run_link(tensorboard_url: str, run: str) -> str:
+    """A link to TensorBoard's time series showing just this run (`runFilter` is a regex; a run name is made
+    of letters, digits, `._-/`, of which only the dot needs escaping)."""
+    return (
+        f"{tensorboard_url.rstrip('/')}/?runFilter={quote('^' + run.replace('.', chr(92) + '.'))}#timeseries"
+    )
 
 
 def is_held(row: dict[str, Any]) -> bool:
@@ -85,8 +113,8 @@ def _waiting_job(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_public(row: dict[str, Any]) -> JobPublic:
-    return JobPublic(**_job_fields(row))
+def job_public(row: dict[str, Any], controller: Controller) -> JobPublic:
+    return JobPublic(**_job_fields(row, tensorboard_url=controller.settings.tensorboard_url))
 
 
 def _parse_states(values: list[str]) -> list[str]:
@@ -103,19 +131,25 @@ def _parse_states(values: list[str]) -> list[str]:
 )
 async def submit_job(body: JobCreate, user: CurrentUser, controller: ControllerDep) -> Response:
     """Queue a job. The answer says its place in line, when it should start and why it waits."""
-    spec = make_spec(
-        command=body.command,
-        gpus=body.gpus,
-        priority=body.priority,
-        name=body.name,
-        workdir=body.workdir,
-        env=body.env,
-        time_limit_s=body.time_limit_s,
-    )
-    row, wait = await controller.jobs.submit(user, spec)
+    try:
+        spec = make_spec(
+            command=body.command,
+            gpus=body.gpus,
+            priority=body.priority,
+            name=body.name,
+            workdir=body.workdir,
+            env=body.env,
+            time_limit_s=body.time_limit_s,
+        )
+        row, wait = await controller.jobs.submit(user, spec)
+    except GpuyardError as e:
+        controller.metrics.job_submitted(outcome=e.code)
+        raise
+    controller.metrics.job_submitted(outcome="accepted")
     if wait is None:  # placed, and past the pass that placed it
         wait = STARTING_NOW
-    submitted = JobSubmitted(**_job_fields(row), **wait.__dict__)
+    tensorboard_url = controller.settings.tensorboard_url
+    submitted = JobSubmitted(**_job_fields(row, tensorboard_url=tensorboard_url), **wait.__dict__)
     # The hot path: serialised once here rather than validated again against the response model.
     return Response(
         submitted.model_dump_json(), status_code=status.HTTP_201_CREATED, media_type="application/json"
@@ -142,31 +176,31 @@ async def list_jobs(
     )
     page = rows[:limit]
     next_cursor = str(page[-1]["id"]) if len(rows) > limit else None
-    return JobsPublic(data=[job_public(r) for r in page], next_cursor=next_cursor)
+    return JobsPublic(data=[job_public(r, controller) for r in page], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=ERRORS)
 async def get_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """One job with its attempts (node, GPUs, start, end, exit code)."""
-    return job_public(await controller.jobs.get(user, job_id, with_attempts=True))
+    return job_public(await controller.jobs.get(user, job_id, with_attempts=True), controller)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
 async def cancel_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Cancel a job: a waiting one at once; a running one gets SIGTERM, then SIGKILL after a grace period."""
-    return job_public(await controller.jobs.cancel(user, job_id))
+    return job_public(await controller.jobs.cancel(user, job_id), controller)
 
 
 @router.post("/jobs/{job_id}/hold", response_model=JobPublic, responses=ERRORS)
 async def hold_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Hold a waiting job: it keeps its place in line but does not start until released."""
-    return job_public(await controller.jobs.hold(user, job_id))
+    return job_public(await controller.jobs.hold(user, job_id), controller)
 
 
 @router.post("/jobs/{job_id}/release", response_model=JobPublic, responses=ERRORS)
 async def release_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Release a held job: it starts when its turn comes."""
-    return job_public(await controller.jobs.release(user, job_id))
+    return job_public(await controller.jobs.release(user, job_id), controller)
 
 
 @router.post("/jobs/{job_id}/priority", response_model=JobPublic, responses=ERRORS)
@@ -175,7 +209,7 @@ async def change_priority(
 ) -> JobPublic:
     """Give a waiting job another priority. Within a priority, jobs keep their submission order."""
     priority = Priority.parse(body.priority)
-    return job_public(await controller.jobs.set_priority(user, job_id, priority))
+    return job_public(await controller.jobs.set_priority(user, job_id, priority), controller)
 
 
 @router.get("/jobs/{job_id}/wait", response_model=JobWaitPublic, responses=ERRORS)

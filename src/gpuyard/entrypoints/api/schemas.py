@@ -45,6 +45,19 @@ class AttemptPublic(BaseModel):
     failure_class: str | None
 
 
+class JobGpuUsage(BaseModel):
+    """What the job's current attempt does with its GPUs, from the worker's samples."""
+
+    utilization_mean_pct: float = Field(description="Mean utilization over its GPUs and its run so far.")
+    utilization_peak_pct: float
+    memory_mean_mib: int = Field(description="Memory its processes hold, summed over its GPUs: mean.")
+    memory_peak_mib: int
+    samples: int
+    idle_since: datetime | None = Field(
+        description="Set while the job is flagged for holding GPUs it does not use: since when."
+    )
+
+
 class JobPublic(BaseModel):
     id: int
     user: str
@@ -74,6 +87,11 @@ class JobPublic(BaseModel):
     node: str | None = None
     gpu_indices: list[int] | None = None
     attempts: list[AttemptPublic] | None = None
+    gpu_usage: JobGpuUsage | None = Field(None, description="null until the first usage bucket closes.")
+    tensorboard_run: str | None = Field(
+        None, description="Its run under the TensorBoard log dir ($GPUYARD_TB_DIR), once it started."
+    )
+    tensorboard_url: str | None = Field(None, description="Link to its run, where a TensorBoard is served.")
 
 
 class WaitPublic(BaseModel):

@@ -266,6 +266,16 @@ def show(job_id: int, as_json: JsonOpt = False) -> None:
     out.print(f"  gpus: {job['gpus']}  priority: {job['priority']}  workdir: {job['workdir'] or '-'}")
     if job["error"]:
         out.print(f"  error: {job['error']}")
+    usage = job.get("gpu_usage")
+    if usage:
+        idle = f"  IDLE since {fmt.clock(usage['idle_since'])}" if usage["idle_since"] else ""
+        out.print(
+            f"  GPU use: {usage['utilization_mean_pct']:.0f} % mean,"
+            f" {usage['utilization_peak_pct']:.0f} % peak;"
+            f" memory {usage['memory_mean_mib']} MiB mean, {usage['memory_peak_mib']} MiB peak{idle}"
+        )
+    if job.get("tensorboard_run"):
+        out.print(f"  TensorBoard: {job.get('tensorboard_url') or job['tensorboard_run']}")
     for a in job["attempts"] or []:
         out.print(
             f"  attempt {a['number']}: {a['node']} GPUs {a['gpu_indices']}"
@@ -404,9 +414,13 @@ def user_add(
 
 from gpuyard.entrypoints.cli import services as _services  # noqa: E402  (registers up/controller/worker)
 from gpuyard.entrypoints.cli import simulate as _simulate  # noqa: E402  (registers simulate)
+from gpuyard.entrypoints.cli import tensorboard as _tensorboard  # noqa: E402  (registers tensorboard)
+from gpuyard.entrypoints.cli import webhooks as _webhooks  # noqa: E402  (registers webhook ...)
 
 _services.register(app)
 _simulate.register(app)
+_tensorboard.register(app)
+_webhooks.register(app)
 
 
 def run() -> None:

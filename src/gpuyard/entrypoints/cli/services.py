@@ -129,6 +129,12 @@ def up(
     gpu_backend: BackendOpt = None,
     fake_gpus: FakeOpt = None,
     broker: Annotated[str | None, typer.Option("--broker", help="auto | external | local [auto].")] = None,
+    tensorboard_port: Annotated[
+        int | None,
+        typer.Option(
+            "--tensorboard-port", help="Also serve TensorBoard on this port [GPUYARD_TENSORBOARD_PORT]."
+        ),
+    ] = None,
 ) -> None:
     """Start RabbitMQ (if none answers), the controller and this machine's worker, in the foreground.
     Ctrl-C stops them all."""
@@ -142,7 +148,14 @@ def up(
     from gpuyard.adapters.gpu.detect import describe_backend, open_gpu_backend
     from gpuyard.entrypoints.api.controller import hold_data_dir
 
-    _apply(data_dir=data_dir, port=port, gpu_backend=gpu_backend, fake_gpus=fake_gpus, broker=broker)
+    _apply(
+        data_dir=data_dir,
+        port=port,
+        gpu_backend=gpu_backend,
+        fake_gpus=fake_gpus,
+        broker=broker,
+        tensorboard_port=tensorboard_port,
+    )
     settings = _settings()
     configure_logging(settings.log_level, "up")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +214,9 @@ def up(
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
     code = 0
+    if settings.tensorboard_port and not settings.tensorboard_url:  # the controller links jobs to it
+        host = settings.api_url.split("//")[1].rsplit(":", 1)[0]
+        os.environ["GPUYARD_TENSORBOARD_URL"] = f"http://{host}:{settings.tensorboard_port}"
     try:
         ctl = start("controller")
         if not _wait_ready(settings.api_url, ctl, lambda: stopping):
@@ -208,6 +224,8 @@ def up(
             code = 1
             return
         start("worker")
+        if settings.tensorboard_port:
+            start("tensorboard")
         (settings.data_dir / "api_url").write_text(settings.api_url + "\n")
         _announce(settings, gpu_note=gpu_note, broker_note=broker_note, is_fake=is_fake)
         while not stopping:
@@ -259,11 +277,15 @@ def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: b
         f"  broker:      {broker_note}",
         f"  database:    {make_url(settings.db_url).render_as_string(hide_password=True)}",
         f"  admin token: {settings.admin_token_file} (readable by you only; the CLI uses it)",
+        f"  metrics:     {settings.api_url}/metrics (Prometheus)",
         f"  data dir:    {settings.data_dir}",
         f"  try:         export GPUYARD_DATA_DIR={settings.data_dir}",
         "               gpuyard submit --gpus 1 -- python examples/train_digits.py",
         "Ctrl-C stops everything.",
     ]
+    if settings.tensorboard_port:
+        tb_url = os.environ.get("GPUYARD_TENSORBOARD_URL", settings.tensorboard_url or "")
+        lines.insert(5, f"  TensorBoard: {tb_url}  (runs in {settings.tensorboard_logdir})")
     if is_fake:
         banner = "!" * 78
         why = "no NVIDIA GPU was found" if settings.gpu_backend == "auto" else "it was chosen"

@@ -12,13 +12,21 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from gpuyard.adapters.broker.messages import Cancel, Dispatch, GpuSample, Heartbeat, node_message
+from gpuyard.adapters.broker.messages import (
+    Cancel,
+    Dispatch,
+    GpuSample,
+    Heartbeat,
+    JobUsage,
+    node_message,
+)
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
 from gpuyard.adapters.gpu.base import GpuBackend
 from gpuyard.adapters.runner.process import LaunchError
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
 from gpuyard.entrypoints.worker.attempt import Attempt
+from gpuyard.entrypoints.worker.usage import usage_by_job
 from gpuyard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +110,7 @@ class Worker:
             jobs_dir=self.settings.jobs_dir,
             emit=self.emit,
             kill_grace_s=self.settings.kill_grace_s,
+            tensorboard_dir=self.settings.tensorboard_logdir,
         )
         if key in self._cancelled_early:
             await attempt.finish(
@@ -188,15 +197,21 @@ class Worker:
         if clear is not None:
             clear(pgid)
 
-    def _sample(self) -> list[GpuSample]:
-        own = self._own_pgids()
+    def _sample(self) -> tuple[list[GpuSample], list[JobUsage]]:
+        jobs = {
+            key: (a.process.pid, a.dispatch.gpu_indices)
+            for key, a in list(self.running.items())
+            if a.process is not None
+        }
+        own = {pgid for pgid, _ in jobs.values()}
         if self._links is None:  # the topology does not change while the worker runs: read it once
             self._links = {}
             for a, b in self.gpus.links():
                 self._links.setdefault(a, []).append(b)
                 self._links.setdefault(b, []).append(a)
         samples = []
-        for gpu in self.gpus.list_gpus():
+        gpus = self.gpus.list_gpus()
+        for gpu in gpus:
             outside = [
                 {"pid": p.pid, "user": p.user, "used_memory_mib": p.used_memory_mib, "command": p.command}
                 for p in self.gpus.outside_processes(gpu, own)
@@ -213,15 +228,16 @@ class Worker:
                     links=sorted(self._links.get(gpu.index, [])),
                 )
             )
-        return samples
+        return samples, usage_by_job(gpus, jobs)
 
     async def _heartbeat_once(self) -> None:
-        samples = await asyncio.to_thread(self._sample)
+        samples, usage = await asyncio.to_thread(self._sample)
         beat = Heartbeat(
             node=self.node,
             backend=self.gpus.name,
             gpus=samples,
             running=list(self.running),
+            usage=usage,
             at=datetime.now(UTC),
         )
         await self.emit(beat.model_dump(mode="json"))

@@ -15,7 +15,7 @@ from gpuyard.adapters.broker.messages import Dispatch, Finished, LogChunk, Outco
 from gpuyard.adapters.broker.rabbitmq import retry_while_unavailable
 from gpuyard.adapters.runner.process import ExitStatus, JobProcess, LaunchError, scrub_environment
 from gpuyard.domain.errors import BrokerUnavailable
-from gpuyard.domain.jobs import FailureClass
+from gpuyard.domain.jobs import FailureClass, tensorboard_run
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,20 @@ def outcome_of(status: ExitStatus) -> tuple[Outcome, str | None]:
 
 class Attempt:
     def __init__(
-        self, dispatch: Dispatch, *, node: str, jobs_dir: Path, emit: Emit, kill_grace_s: float
+        self,
+        dispatch: Dispatch,
+        *,
+        node: str,
+        jobs_dir: Path,
+        emit: Emit,
+        kill_grace_s: float,
+        tensorboard_dir: Path | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.node = node
         self.output_dir = jobs_dir / str(dispatch.job_id) / f"attempt-{dispatch.attempt}"
+        run = tensorboard_run(dispatch.job_id, dispatch.name, dispatch.attempt)
+        self.tb_dir = (tensorboard_dir / run) if tensorboard_dir else self.output_dir / "tensorboard"
         self._emit = emit
         self._grace_s = kill_grace_s
         self._offset = 0
@@ -74,7 +83,7 @@ class Attempt:
                 "GPUYARD_JOB_ID": str(d.job_id),
                 "GPUYARD_ATTEMPT": str(d.attempt),
                 "GPUYARD_OUTPUT_DIR": str(self.output_dir),
-                "GPUYARD_TB_DIR": str(self.output_dir / "tensorboard"),
+                "GPUYARD_TB_DIR": str(self.tb_dir),
                 "GPUYARD_METRICS_FILE": str(self.metrics_file),
                 "GPUYARD_GPU_UUIDS": ",".join(d.gpu_uuids),
                 "PYTHONUNBUFFERED": "1",
@@ -85,7 +94,7 @@ class Attempt:
     async def launch(self) -> int:
         """Start the process; raises LaunchError. Returns its pid (= its process group)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "tensorboard").mkdir(exist_ok=True)
+        self.tb_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_file.touch()
         workdir = Path(self.dispatch.workdir) if self.dispatch.workdir else self.output_dir
         self.process = JobProcess(

@@ -234,3 +234,26 @@ def test_the_example_job_s_curves_are_served_by_gpuyard_tensorboard(stack: Stack
         tensorboard.terminate()
         tensorboard.wait(timeout=20)
         log.close()
+
+
+def test_the_cli_manages_webhooks_and_shows_a_job_s_gpu_use(stack: Stack) -> None:
+    env = {**stack.env, "GPUYARD_URL": stack.url, "GPUYARD_TOKEN": stack.admin_token}
+
+    def gpuyard(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gpuyard", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    added = gpuyard("webhook", "add", "http://127.0.0.1:9/cli", "-e", "job.failed", "--slack")
+    hook_id = added.split()[1]
+    assert "job.failed" in added and "Secret (shown once" in added
+    assert "http://127.0.0.1:9/cli" in gpuyard("webhook", "list")
+    assert "STATE" in gpuyard("webhook", "deliveries", hook_id)
+    assert f"Webhook {hook_id} removed." in gpuyard("webhook", "rm", hook_id)
+    with stack.admin() as admin:
+        busy = [j for j in admin.jobs(states=["succeeded"])["data"] if j["name"] == "busy"]
+    if busy:  # the first test of this module ran it
+        shown = gpuyard("show", str(busy[0]["id"]))
+        assert "GPU use:" in shown and "% peak" in shown and "TensorBoard: http://127.0.0.1:" in shown

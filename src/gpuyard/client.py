@@ -88,6 +88,8 @@ class Client:
         workdir: str | None = None,
         env: dict[str, str] | None = None,
         time_limit_s: int | None = None,
+        max_attempts: int | None = None,
+        retry_on: Sequence[str] = (),
     ) -> dict[str, Any]:
         body = {
             "command": command if isinstance(command, str) else list(command),
@@ -97,6 +99,8 @@ class Client:
             "workdir": workdir,
             "env": env or {},
             "time_limit_s": time_limit_s,
+            "max_attempts": max_attempts,
+            "retry_on": list(retry_on),
         }
         result: dict[str, Any] = self._request("POST", "/api/v1/jobs", json=body)
         return result
@@ -178,6 +182,22 @@ class Client:
 
     def gpus(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/api/v1/gpus")
+        return result
+
+    # retries and dead letters
+
+    def requeue(self, job_id: int) -> dict[str, Any]:
+        """Send a failed or timed-out job back in line."""
+        result: dict[str, Any] = self._request("POST", f"/api/v1/jobs/{job_id}/requeue")
+        return result
+
+    def dead_letters(self, *, include_requeued: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        params = {"include_requeued": include_requeued, "limit": limit}
+        result: list[dict[str, Any]] = self._request("GET", "/api/v1/dead", params=params)
+        return result
+
+    def requeue_dead(self, dead_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/api/v1/dead/{dead_id}/requeue")
         return result
 
     # observability

@@ -47,7 +47,17 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(
         1.0, gt=0, description="How often a worker samples its GPUs and reports them and each job's usage."
     )
-    node_lease_s: float = Field(30.0, gt=0, description="A node silent this long is offline.")
+    node_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A node silent this long is offline and its attempts are lost (then retried); a worker "
+        "that could not report for most of it stops its jobs first.",
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts a job gets unless it asks for others.")
+    max_attempts_cap: int = Field(10, ge=1, le=100, description="The most attempts a job may ask for.")
+    retry_backoff_s: float = Field(
+        10.0, gt=0, description="Wait before retrying a failed attempt; doubles per failure, up to 10 min."
+    )
     kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
     scheduler_tick_s: float = Field(5.0, gt=0, description="Scheduling pass period besides wake-ups.")
     log_level: str = Field("INFO", description="Python logging level of the services.")

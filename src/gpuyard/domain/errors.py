@@ -25,6 +25,10 @@ class WebhookNotFound(GpuyardError):
     code = "webhook_not_found"
 
 
+class DeadLetterNotFound(GpuyardError):
+    code = "dead_letter_not_found"
+
+
 class JobNotFound(GpuyardError):
     code = "job_not_found"
 

@@ -19,6 +19,7 @@ MAX_ENV_VALUE_BYTES = 16 * 1024
 MAX_WORKDIR_LEN = 4096
 MAX_GPUS_PER_JOB = 64
 MAX_TIME_LIMIT_S = 60 * 24 * 3600
+MAX_ATTEMPTS_CAP = 100  # the most any configuration allows
 RESERVED_ENV_PREFIXES = ("GPUYARD_",)
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
 
@@ -89,6 +90,8 @@ class JobSpec:
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     time_limit_s: int | None = None
+    max_attempts: int | None = None  # None: the service's default
+    retry_on: frozenset[FailureClass] = frozenset()  # its own failures it wants retried
 
     @property
     def display_command(self) -> str:
@@ -133,8 +136,13 @@ def make_spec(
     workdir: str | None = None,
     env: Mapping[str, str] | None = None,
     time_limit_s: int | None = None,
+    max_attempts: int | None = None,
+    retry_on: Sequence[str] = (),
 ) -> JobSpec:
-    """Validate a submission; every refusal says what to change."""
+    """Validate a submission; every refusal says what to change. (The admins' cap on `max_attempts` is the
+    service's to check.)"""
+    from gpuyard.domain.retry import check_max_attempts, parse_retry_on
+
     argv = parse_command(command)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise InvalidJobSpec(f"gpus must be a whole number of at least 1, not {gpus!r}.")
@@ -157,6 +165,8 @@ def make_spec(
             raise InvalidJobSpec(f"time_limit_s must be a whole number of seconds ≥ 1, not {time_limit_s!r}.")
         if time_limit_s > MAX_TIME_LIMIT_S:
             raise InvalidJobSpec(f"time_limit_s must be at most {MAX_TIME_LIMIT_S} (60 days).")
+    if max_attempts is not None:
+        check_max_attempts(max_attempts, cap=MAX_ATTEMPTS_CAP)
     return JobSpec(
         argv=argv,
         gpus=gpus,
@@ -165,6 +175,8 @@ def make_spec(
         workdir=workdir,
         env=clean_env,
         time_limit_s=time_limit_s,
+        max_attempts=max_attempts,
+        retry_on=parse_retry_on(retry_on),
     )
 
 

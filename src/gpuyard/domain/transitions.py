@@ -10,12 +10,14 @@ S = JobState
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.DISPATCHED, S.CANCELLED}),
     S.DISPATCHED: frozenset({S.RUNNING, S.QUEUED, S.FAILED, S.CANCELLED, S.LOST, S.SUCCEEDED, S.TIMED_OUT}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.LOST}),
+    # RUNNING -> QUEUED: a failed attempt retried per the policy (domain/retry.py)
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.LOST, S.QUEUED}),
     S.LOST: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),
-    S.FAILED: frozenset(),
+    # FAILED / TIMED_OUT -> QUEUED: a dead letter requeued by its owner or an admin
+    S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset(),
-    S.TIMED_OUT: frozenset(),
+    S.TIMED_OUT: frozenset({S.QUEUED}),
 }
 
 

@@ -17,7 +17,9 @@ from gpuyard.adapters.db.tables import attempts, job_progress
 from gpuyard.domain.jobs import ACTIVE_STATES, FailureClass, JobState
 from gpuyard.domain.transitions import sources_of
 from gpuyard.domain.webhooks import END_EVENTS
+from gpuyard.services.leases import LeaseService
 from gpuyard.services.ports import Clock, NoTelemetry, Telemetry
+from gpuyard.services.retries import RetryService
 from gpuyard.services.scheduler import SchedulerService
 from gpuyard.services.usage import UsageService
 from gpuyard.services.webhooks import WebhookService
@@ -41,6 +43,8 @@ class EventService:
         clock: Clock,
         usage: UsageService | None = None,
         webhooks: WebhookService | None = None,
+        retries: RetryService | None = None,
+        leases: LeaseService | None = None,
         telemetry: Telemetry | None = None,
         progress_point_s: float = 2.0,
     ) -> None:
@@ -49,6 +53,8 @@ class EventService:
         self._clock = clock
         self._usage = usage
         self._webhooks = webhooks
+        self._retries = retries or RetryService(webhooks=webhooks, telemetry=telemetry)
+        self._leases = leases
         self._telemetry = telemetry or NoTelemetry()
         self._progress_point_s = progress_point_s
         self._last_point_at: dict[tuple[int, int], datetime] = {}
@@ -101,6 +107,8 @@ class EventService:
                 conn, name=event.node, backend=event.backend, gpus=gpus, now=self._clock()
             )
         self._scheduler.note_node(node)
+        if self._leases is not None:
+            await self._leases.on_heartbeat(event)
         if self._usage is not None and await self._usage.record(event):
             self._kick_webhooks()
         if changed:
@@ -136,6 +144,10 @@ class EventService:
                     dispatch_latency_s=(event.at - dispatched_at).total_seconds() if dispatched_at else None,
                 )
                 await self._notify(conn, "job.started", job)
+        if not moved:
+            async with self._db.read() as conn:
+                if await jobs_repo.get_job(conn, event.job_id) is None:
+                    raise ValueError(f"a start reported for job {event.job_id}, which does not exist")
         if moved:
             log.info(
                 "job %s attempt %s running on %s (pid %s)", event.job_id, event.attempt, event.node, event.pid
@@ -143,28 +155,13 @@ class EventService:
             self._kick_webhooks()
 
     async def _finished(self, event: Finished) -> None:
-        requeue = event.failure_class == FailureClass.GPU_UNAVAILABLE.value
-        target = JobState.QUEUED if requeue else _OUTCOME[event.outcome]
-        values: dict[str, Any] = (
-            {"started_at": None}
-            if requeue
-            else {
-                "finished_at": event.at,
-                "exit_code": event.exit_code,
-                "failure_class": event.failure_class,
-                "error": event.detail,
-            }
-        )
+        failure = FailureClass(event.failure_class) if event.failure_class else None
+        final = _OUTCOME[event.outcome]
+        now = self._clock()
         async with self._db.write() as conn:
-            moved = await jobs_repo.transition(
-                conn,
-                job_id=event.job_id,
-                attempt=event.attempt,
-                sources=sources_of(target) & ACTIVE_STATES,
-                target=target,
-                now=self._clock(),
-                **values,
-            )
+            job = await jobs_repo.get_job(conn, event.job_id)
+            if job is None:
+                raise ValueError(f"an end reported for job {event.job_id}, which does not exist")
             await jobs_repo.update_attempt(
                 conn,
                 job_id=event.job_id,
@@ -174,24 +171,55 @@ class EventService:
                 signal=event.signal,
                 failure_class=event.failure_class,
             )
-            if moved and not requeue:
-                job = await jobs_repo.get_job(conn, event.job_id)
-                assert job is not None
+            if failure is not None and final in (JobState.FAILED, JobState.TIMED_OUT):
+                state = await self._retries.after_failure(
+                    conn,
+                    job_id=event.job_id,
+                    attempt=event.attempt,
+                    failure=failure,
+                    final_state=final,
+                    at=event.at,
+                    now=now,
+                    values={"exit_code": event.exit_code, "error": event.detail},
+                )
+            else:
+                moved = await jobs_repo.transition(
+                    conn,
+                    job_id=event.job_id,
+                    attempt=event.attempt,
+                    sources=sources_of(final) & ACTIVE_STATES,
+                    target=final,
+                    now=now,
+                    finished_at=event.at,
+                    exit_code=event.exit_code,
+                    failure_class=event.failure_class,
+                    error=event.detail,
+                )
+                state = final if moved else None
+            if state is not None and state is not JobState.QUEUED:
                 started_at = job["started_at"]
                 self._telemetry.job_finished(
-                    state=target.value,
+                    state=state.value,
                     failure_class=event.failure_class,
                     run_s=(event.at - started_at).total_seconds() if started_at else None,
                 )
-                await self._notify(conn, END_EVENTS[target.value], job)
+                ended = {
+                    **job,
+                    "state": state.value,
+                    "finished_at": event.at,
+                    "exit_code": event.exit_code,
+                    "failure_class": event.failure_class,
+                    "error": event.detail,
+                }
+                await self._notify(conn, END_EVENTS[state.value], ended)
         self._last_point_at.pop((event.job_id, event.attempt), None)
-        if moved:
+        if state is not None:
             self._kick_webhooks()
             log.info(
                 "job %s attempt %s %s on %s (exit %s)",
                 event.job_id,
                 event.attempt,
-                "requeued" if requeue else target.value,
+                "back in line" if state is JobState.QUEUED else state.value,
                 event.node,
                 event.exit_code,
             )

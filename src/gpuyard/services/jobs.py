@@ -4,6 +4,7 @@ wait and GPU views."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from gpuyard.domain.errors import (
     QuotaExceeded,
 )
 from gpuyard.domain.jobs import JobSpec, JobState, Priority
+from gpuyard.domain.retry import DEFAULT_MAX_ATTEMPTS, check_max_attempts
 from gpuyard.scheduling.model import Estimate
 from gpuyard.services.auth import User
 from gpuyard.services.ports import Clock, NoTelemetry, Publisher, Telemetry
@@ -100,7 +102,11 @@ class JobService:
         max_waiting_jobs_per_user: int | None = None,
         webhooks: WebhookService | None = None,
         telemetry: Telemetry | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts_cap: int = 10,
     ) -> None:
+        self._max_attempts = max_attempts
+        self._max_attempts_cap = max_attempts_cap
         self._webhooks = webhooks
         self._telemetry = telemetry or NoTelemetry()
         self._db = db
@@ -117,6 +123,9 @@ class JobService:
 
         Concurrent submissions share one transaction and one scheduling pass (group commit)."""
         self._check_priority(user, spec.priority)
+        if spec.max_attempts is None:
+            spec = dataclasses.replace(spec, max_attempts=min(self._max_attempts, self._max_attempts_cap))
+        check_max_attempts(spec.max_attempts or 1, cap=self._max_attempts_cap)
         last = self._scheduler.last or await self._scheduler.run_pass()
         largest = last.largest_node_gpus
         if largest is not None and spec.gpus > largest:

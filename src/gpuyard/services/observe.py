@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from gpuyard.adapters.db import jobs_repo, repo, usage_repo
+from gpuyard.adapters.db import dead_repo, jobs_repo, repo, usage_repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.tables import jobs, users, webhook_deliveries
 from gpuyard.domain.jobs import JobState
@@ -39,6 +39,7 @@ class Snapshot:
     nodes_up: dict[str, bool]
     gpus: list[GpuGauge]
     webhook_deliveries: dict[str, int] = field(default_factory=dict)  # state -> deliveries
+    dead_letters: dict[str, int] = field(default_factory=dict)  # kind -> dead letters not requeued
 
 
 async def snapshot(
@@ -72,6 +73,7 @@ async def snapshot(
         ).all()
         nodes = await repo.list_nodes(conn)
         active = await jobs_repo.active_attempts(conn)
+        dead = await dead_repo.count_open(conn)
     held = {(a["node"], i) for a in active for i in a["gpu_indices"]}
     gpus = [
         GpuGauge(
@@ -96,6 +98,7 @@ async def snapshot(
         nodes_up={n["name"]: node_online(n, now=now, node_lease_s=node_lease_s) for n in nodes},
         gpus=gpus,
         webhook_deliveries={state: int(n) for state, n in deliveries},
+        dead_letters={kind: dead.get(kind, 0) for kind in ("job", "message")},
     )
 
 

@@ -34,6 +34,8 @@ class Telemetry(Protocol):
 
     def scheduler_pass(self, *, duration_s: float, estimates: bool) -> None: ...
 
+    def job_retried(self, *, failure_class: str) -> None: ...
+
     def webhook_delivery(self, *, outcome: str) -> None: ...
 
 
@@ -50,6 +52,9 @@ class NoTelemetry:
         pass
 
     def scheduler_pass(self, *, duration_s: float, estimates: bool) -> None:
+        pass
+
+    def job_retried(self, *, failure_class: str) -> None:
         pass
 
     def webhook_delivery(self, *, outcome: str) -> None:

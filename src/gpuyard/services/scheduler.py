@@ -135,7 +135,8 @@ def build_request(
             expected_runtime_s=history.expected_runtime_s(
                 user=r["user"], name=r["name"], command=r.get("command"), time_limit_s=r["time_limit_s"]
             ),
-            held=r.get("held_at") is not None,
+            # a job waiting out its retry backoff sits like a held one until then
+            held=r.get("held_at") is not None or (r.get("retry_at") is not None and r["retry_at"] > now),
             waiting_s=max(0.0, (now - r["submitted_at"]).total_seconds()),
         )
         for r in pending

@@ -41,7 +41,33 @@ STARTING_NOW = WaitInfo(
 def wait_info(job: dict[str, Any], result: PassResult) -> WaitInfo | None:
     """Where a waiting (or just placed) job stands, from a scheduling pass."""
     estimate = result.decision.estimates.get(job["id"])
-    return None if estimate is None else describe_wait(estimate, gpus=job["gpus"], now=result.now)
+    if estimate is None:
+        return None
+    info = describe_wait(estimate, gpus=job["gpus"], now=result.now)
+    retry_at = job.get("retry_at")
+    if retry_at is not None and retry_at > result.now and job.get("held_at") is None:
+        return backing_off(info, job, retry_at=retry_at, now=result.now)
+    return info
+
+
+def backing_off(info: WaitInfo, job: dict[str, Any], *, retry_at: datetime, now: datetime) -> WaitInfo:
+    """A job waiting out its backoff after a failed attempt keeps its place and says why, and until when."""
+    failure = job.get("failure_class") or "a failure"
+    text = (
+        f"retrying after {failure}: attempt {job['attempt'] + 1} of {job['max_attempts']} starts no earlier "
+        f"than {retry_at.astimezone(LOCAL_TZ):%H:%M:%S}; it keeps its place in line"
+    )
+    return WaitInfo(
+        position=info.position,
+        estimated_start_at=retry_at,
+        estimated_wait_s=max(0.0, (retry_at - now).total_seconds()),
+        reason="retry_backoff",
+        reason_text=text,
+        source=info.source,
+        estimated_start_earliest_at=retry_at,
+        estimated_start_latest_at=None,
+        backfill=False,
+    )
 
 
 def describe_wait(estimate: Estimate, *, gpus: int, now: datetime) -> WaitInfo:

@@ -30,6 +30,11 @@ from gpuyard.domain.errors import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# (body, why it died, the queue it died in, its routing key)
+DeadHandler = Callable[[bytes, str, str, str], Awaitable[None]]
+ERROR_HEADER = "x-gpuyard-error"
+QUEUE_HEADER = "x-gpuyard-queue"
+ROUTING_KEY_HEADER = "x-gpuyard-routing-key"
 
 
 async def retry_while_unavailable(
@@ -61,6 +66,8 @@ class RabbitmqBroker:
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._consume_channels: list[AbstractChannel] = []
+        self._dlx: AbstractExchange | None = None
+        self._listeners: list[Callable[[bool], None]] = []
         self.publish_failures = 0  # counted for /metrics
         self.reconnects = 0
 
@@ -87,10 +94,12 @@ class RabbitmqBroker:
         try:
             self._connection = await aio_pika.connect_robust(self.url, timeout=self._timeout_s)
             self._connection.reconnect_callbacks.add(self._count_reconnect)
+            self._connection.close_callbacks.add(self._lost)
             self._publish_channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
             self._exchange = await self._declare(self._publish_channel)
+            self._dlx = await self._publish_channel.get_exchange(f"{self.prefix}.dlx", ensure=False)
         except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as e:
             await self.close()
             raise BrokerUnavailable(
@@ -137,17 +146,17 @@ class RabbitmqBroker:
 
     def _count_reconnect(self, _connection: Any) -> None:
         self.reconnects += 1
+        for listener in self._listeners:
+            listener(True)
 
-    async def dead_letter_count(self) -> int:
-        """Messages waiting in this instance's dead-letter queue."""
-        if self._connection is None:
-            raise BrokerUnavailable("Not connected to RabbitMQ.")
-        try:  # a channel of its own: a failed passive declare closes the channel it ran on
-            async with self._connection.channel() as channel:
-                queue = await channel.declare_queue(self.dead_queue, passive=True)
-        except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError) as e:
-            raise BrokerUnavailable(f"Cannot count dead letters: {e!r}") from e
-        return int(queue.declaration_result.message_count or 0)
+    def _lost(self, *_args: Any) -> None:
+        for listener in self._listeners:
+            listener(False)
+
+    def on_connection(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(False)` when the connection drops and `listener(True)` once it is back."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     async def consume(
         self, queue_name: str, handler: Handler, *, prefetch: int = 64, serial: bool = False
@@ -180,9 +189,57 @@ class RabbitmqBroker:
                 await handler(body)
             except (PoisonMessage, ValueError) as e:
                 log.error("dead-lettering a message from %s: %s", queue_name, e)
-                await message.reject(requeue=False)
+                await self._dead_letter(message, queue_name, str(e))
+            except Exception as e:
+                if message.redelivered:
+                    log.exception("failed twice to process a message from %s: dead-lettering it", queue_name)
+                    await self._dead_letter(message, queue_name, f"failed twice: {e!r}")
+                else:
+                    log.exception("failed to process a message from %s: it will be redelivered", queue_name)
+                    await message.nack(requeue=True)
+            else:
+                await message.ack()
+
+        await queue.consume(on_message)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, queue_name: str, why: str) -> None:
+        """A copy to the dead-letter exchange that says why, then ack; if that fails, a plain reject (which
+        RabbitMQ dead-letters too, without the reason)."""
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={
+                ERROR_HEADER: why[:2000],
+                QUEUE_HEADER: queue_name,
+                ROUTING_KEY_HEADER: message.routing_key or "",
+            },
+        )
+        try:
+            if self._dlx is None:
+                raise BrokerUnavailable("Not connected to RabbitMQ.")
+            await self._dlx.publish(copy, routing_key="", timeout=10)
+        except Exception:  # noqa: BLE001 - the reject below still dead-letters it
+            await message.reject(requeue=False)
+        else:
+            await message.ack()
+
+    async def consume_dead(self, handler: DeadHandler) -> None:
+        """Hand every dead-lettered message to `handler(body, why, queue, routing_key)`, then ack it."""
+        if self._connection is None:
+            raise BrokerUnavailable("Not connected to RabbitMQ.")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=16)
+        self._consume_channels.append(channel)
+        queue = await channel.get_queue(self.dead_queue, ensure=True)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            headers = message.headers or {}
+            why, source, key = _death(headers)
+            try:
+                await handler(message.body, why, source, key)
             except Exception:
-                log.exception("failed to process a message from %s", queue_name)
+                log.exception("could not record a dead letter: it stays in %s", self.dead_queue)
                 await message.nack(requeue=not message.redelivered)
             else:
                 await message.ack()
@@ -195,6 +252,7 @@ class RabbitmqBroker:
         self._connection = None
         self._publish_channel = None
         self._exchange = None
+        self._dlx = None
         self._consume_channels.clear()
 
     def _require_channel(self) -> AbstractChannel:
@@ -206,6 +264,28 @@ class RabbitmqBroker:
         if self._exchange is None:
             raise BrokerUnavailable("Not connected to RabbitMQ.")
         return self._exchange
+
+
+def _death(headers: dict[str, Any]) -> tuple[str, str, str]:
+    """(why, source queue, routing key) of a dead-lettered message, from gpuyard's headers or RabbitMQ's."""
+    if ERROR_HEADER in headers:
+        return (
+            str(headers[ERROR_HEADER]),
+            str(headers.get(QUEUE_HEADER, "")),
+            str(headers.get(ROUTING_KEY_HEADER, "")),
+        )
+    deaths = headers.get("x-death") or []
+    if deaths and isinstance(deaths, list) and isinstance(deaths[0], dict):
+        death = deaths[0]
+        keys = death.get("routing-keys") or [""]
+        why = {
+            "rejected": "rejected",
+            "expired": "expired (its time to live ran out)",
+            "maxlen": "the queue was full",
+            "delivery_limit": "redelivered too many times",
+        }.get(str(death.get("reason")), str(death.get("reason")))
+        return why, str(death.get("queue", "")), str(keys[0])
+    return "dead-lettered (no reason given)", "", ""
 
 
 def _safe(url: str) -> str:

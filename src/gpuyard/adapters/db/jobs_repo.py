@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gpuyard.adapters.db.tables import attempts, jobs, users
 from gpuyard.domain.jobs import ACTIVE_STATES, JobSpec, JobState, Priority
+from gpuyard.domain.retry import DEFAULT_MAX_ATTEMPTS
 
 Row = dict[str, Any]
 
@@ -39,6 +40,8 @@ def job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
         "workdir": spec.workdir,
         "env": dict(spec.env),
         "time_limit_s": spec.time_limit_s,
+        "max_attempts": spec.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        "retry_on": sorted(f.value for f in spec.retry_on),
         "state": JobState.QUEUED.value,
         "attempt": 0,
         "submitted_at": now,
@@ -145,6 +148,7 @@ _NEW_ATTEMPT_USAGE: dict[str, Any] = {
     "gpu_mem_mean_mib": None,
     "gpu_mem_peak_mib": None,
     "gpu_idle_since": None,
+    "retry_at": None,
 }
 
 

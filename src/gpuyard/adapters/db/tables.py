@@ -100,6 +100,11 @@ jobs = Table(
     Column("gpu_mem_mean_mib", Float, nullable=True),
     Column("gpu_mem_peak_mib", Integer, nullable=True),
     Column("gpu_idle_since", UtcDateTime(), nullable=True),  # set while flagged as sitting idle on its GPUs
+    # retries (domain/retry.py): the job's budget, the failures of its own it wants retried, and the
+    # earliest start of its next attempt while it waits after a failure
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("retry_on", JSON, nullable=False, default=list),
+    Column("retry_at", UtcDateTime(), nullable=True),
 )
 Index("ix_jobs_state_order", jobs.c.state, jobs.c.priority_rank, jobs.c.id)
 Index("ix_jobs_user_state", jobs.c.user_id, jobs.c.state)
@@ -218,3 +223,22 @@ webhook_deliveries = Table(
 )
 Index("ix_webhook_deliveries_due", webhook_deliveries.c.state, webhook_deliveries.c.next_attempt_at)
 Index("ix_webhook_deliveries_hook", webhook_deliveries.c.webhook_id, webhook_deliveries.c.id)
+
+# What could not run or could not be processed: a job that used up its attempts, or a message RabbitMQ
+# dead-lettered (bad body, unknown job, failed twice). Kept until requeued (then marked) or deleted.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # job | message
+    Column("job_id", Integer, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("failure_class", String(32), nullable=True),
+    Column("attempts", Integer, nullable=True),
+    Column("log_tail", Text, nullable=True),
+    Column("routing_key", String(300), nullable=True),
+    Column("body", JSON, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("requeued_at", UtcDateTime(), nullable=True),
+)
+Index("ix_dead_letters_open", dead_letters.c.requeued_at, dead_letters.c.id)

@@ -23,7 +23,7 @@ _PASS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class BrokerCounts(Protocol):
-    """What the broker adapter counts itself (publish failures, reconnects, dead letters)."""
+    """What the broker adapter counts itself (publish failures, reconnects)."""
 
     publish_failures: int
     reconnects: int
@@ -67,6 +67,12 @@ class PrometheusMetrics:
             buckets=_PASS_BUCKETS_S,
             registry=r,
         )
+        self.retries = Counter(
+            "gpuyard_job_retries",
+            "Failed attempts sent back in line by the retry policy, by failure class.",
+            ["failure_class"],
+            registry=r,
+        )
         self.webhooks = Counter(
             "gpuyard_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"], registry=r
         )
@@ -91,13 +97,16 @@ class PrometheusMetrics:
     def scheduler_pass(self, *, duration_s: float, estimates: bool) -> None:
         self.passes.labels("estimates" if estimates else "placement").observe(duration_s)
 
+    def job_retried(self, *, failure_class: str) -> None:
+        self.retries.labels(failure_class).inc()
+
     def webhook_delivery(self, *, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()
 
     # scraping
 
-    def render(self, snapshot: Snapshot, *, dead_letters: int | None) -> bytes:
-        self._now.snapshot, self._now.dead_letters = snapshot, dead_letters
+    def render(self, snapshot: Snapshot) -> bytes:
+        self._now.snapshot = snapshot
         try:
             return generate_latest(self.registry)
         finally:
@@ -108,7 +117,6 @@ class _NowCollector(Collector):
     def __init__(self, broker: BrokerCounts) -> None:
         self.broker = broker
         self.snapshot: Snapshot | None = None
-        self.dead_letters: int | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the snapshot; nothing to check at registration
@@ -190,12 +198,12 @@ class _NowCollector(Collector):
             ["state"],
             (((state,), n) for state, n in s.webhook_deliveries.items()),
         )
-        if self.dead_letters is not None:
-            yield GaugeMetricFamily(
-                "gpuyard_dead_letter_messages",
-                "Messages in RabbitMQ's dead-letter queue.",
-                value=self.dead_letters,
-            )
+        yield _gauge(
+            "gpuyard_dead_letters",
+            "Dead letters not requeued: jobs out of attempts, messages that could not be processed.",
+            ["kind"],
+            (((kind,), n) for kind, n in s.dead_letters.items()),
+        )
 
 
 def _gauge(name: str, doc: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], float]]) -> Metric:

@@ -29,7 +29,7 @@ class LaunchError(Exception):
 class ExitStatus:
     exit_code: int | None
     signal: int | None
-    stop_reason: str | None  # "cancelled" | "timed_out" | None
+    stop_reason: str | None  # "cancelled" | "timed_out" | "fenced" | None
     oom_seen: bool
 
 
@@ -114,6 +114,10 @@ class JobProcess:
         if any(marker in window for marker in _OOM_MARKERS):
             self._oom = True
         self._tail = window[-64:]
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
 
     def stop(self, reason: str) -> None:
         """SIGTERM the process group now, SIGKILL it after the grace period."""

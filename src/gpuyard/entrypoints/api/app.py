@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gpuyard import __version__
-from gpuyard.entrypoints.api import routes_jobs, routes_observe, routes_system
+from gpuyard.entrypoints.api import routes_dead, routes_jobs, routes_observe, routes_system
 from gpuyard.entrypoints.api.controller import Controller
 from gpuyard.entrypoints.api.errors import install_error_handlers
 from gpuyard.settings import Settings
@@ -37,5 +37,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_system.router)
     app.include_router(routes_system.health_router)
     app.include_router(routes_observe.router)
+    app.include_router(routes_dead.router)
     app.include_router(routes_observe.metrics_router)
     return app

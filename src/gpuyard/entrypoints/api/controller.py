@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
-from gpuyard.adapters.db import jobs_repo
+from gpuyard.adapters.db import dead_repo, jobs_repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.migrate import migrate
 from gpuyard.adapters.http.webhooks import HttpxWebhookSender
@@ -23,9 +23,12 @@ from gpuyard.adapters.metrics.prometheus import PrometheusMetrics
 from gpuyard.domain.errors import ConfigurationError
 from gpuyard.scheduling.history import parse_links
 from gpuyard.services.auth import AuthService, check_user_name
+from gpuyard.services.dead import DeadLetterService, message_body
 from gpuyard.services.events import EventService
 from gpuyard.services.jobs import JobService
+from gpuyard.services.leases import LeaseService
 from gpuyard.services.ports import Clock, utc_now
+from gpuyard.services.retries import RetryService
 from gpuyard.services.scheduler import SchedulerService, SchedulingConfig
 from gpuyard.services.usage import UsageConfig, UsageService
 from gpuyard.services.webhooks import WebhookConfig, WebhookService
@@ -111,14 +114,25 @@ class Controller:
             ),
             on_idle=self._notify_idle,
         )
+        self.retries = RetryService(
+            webhooks=self.webhooks, telemetry=self.metrics, backoff_base_s=settings.retry_backoff_s
+        )
+        self.leases = LeaseService(
+            self.db, self.scheduler, self.retries, self.broker, clock=clock, lease_s=settings.node_lease_s
+        )
         self.events = EventService(
             self.db,
             self.scheduler,
             clock=clock,
             usage=self.usage,
             webhooks=self.webhooks,
+            retries=self.retries,
+            leases=self.leases,
             telemetry=self.metrics,
             progress_point_s=settings.progress_point_s,
+        )
+        self.dead = DeadLetterService(
+            self.db, self.scheduler, self.broker, clock=clock, max_attempts_cap=settings.max_attempts_cap
         )
         self.jobs = JobService(
             self.db,
@@ -129,6 +143,8 @@ class Controller:
             max_waiting_jobs_per_user=settings.max_waiting_jobs_per_user,
             webhooks=self.webhooks,
             telemetry=self.metrics,
+            max_attempts=settings.max_attempts,
+            max_attempts_cap=settings.max_attempts_cap,
         )
         self.auth = AuthService(self.db, clock=clock)
         self.broker_ready = asyncio.Event()
@@ -143,6 +159,28 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._tick(), name="scheduler-tick"))
         self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhook-delivery"))
 
+    def _broker_connection(self, up: bool) -> None:
+        """Leases count only while the controller hears RabbitMQ: its own outage condemns no node."""
+        if up:
+            self.leases.hearing()
+        else:
+            self.leases.deaf()
+
+    async def _record_dead(self, raw: bytes, why: str, queue: str, routing_key: str) -> None:
+        body, text = message_body(raw)
+        job_id = body.get("job_id") if body is not None else None
+        async with self.db.write() as conn:
+            await dead_repo.add(
+                conn,
+                now=self.clock(),
+                kind="message",
+                job_id=job_id if isinstance(job_id, int) else None,
+                reason=f"{why} (in {queue or 'an unknown queue'})",
+                routing_key=routing_key or None,
+                body=body if body is not None else {"text": text},
+            )
+        log.warning("dead letter recorded from %s: %s", queue, why)
+
     async def _notify_idle(self, conn: AsyncConnection, job_id: int, _attempt: int, _since: datetime) -> None:
         job = await jobs_repo.get_job(conn, job_id)
         if job is not None:
@@ -152,9 +190,12 @@ class Controller:
         async def connect() -> None:
             await self.broker.connect()
             await self.broker.consume(self.broker.events_queue, self.events.handle, prefetch=256, serial=True)
+            await self.broker.consume_dead(self._record_dead)
+            self.broker.on_connection(self._broker_connection)
 
         await retry_while_unavailable(connect, what="connecting to RabbitMQ")
         log.info("connected to RabbitMQ, instance %s", self.broker.instance)
+        self.leases.hearing()
         self.broker_ready.set()
         await self.scheduler.flush_outbox()
 
@@ -163,6 +204,7 @@ class Controller:
         while True:
             await asyncio.sleep(self.settings.scheduler_tick_s)
             try:
+                await self.leases.check()
                 await self.scheduler.run_pass()
                 if self.broker_ready.is_set():
                     await self.scheduler.flush_outbox()

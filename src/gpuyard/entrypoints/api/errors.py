@@ -15,6 +15,7 @@ STATUS: dict[type[e.GpuyardError], int] = {
     e.InvalidWebhook: 422,
     e.JobNotFound: 404,
     e.WebhookNotFound: 404,
+    e.DeadLetterNotFound: 404,
     e.InvalidTransition: 409,
     e.UserExists: 409,
     e.NotAuthenticated: 401,

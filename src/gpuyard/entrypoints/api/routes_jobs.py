@@ -69,6 +69,9 @@ def _job_fields(row: dict[str, Any], *, tensorboard_url: str | None = None) -> d
         "node": row.get("node"),
         "gpu_indices": row.get("gpu_indices"),
         "attempts": [AttemptPublic(**a) for a in attempts] if attempts is not None else None,
+        "max_attempts": row.get("max_attempts") or 1,
+        "retry_on": row.get("retry_on") or [],
+        "retry_at": row.get("retry_at") if row["state"] == JobState.QUEUED.value else None,
         "gpu_usage": _gpu_usage(row),
         "tensorboard_run": run,
         "tensorboard_url": run_link(tensorboard_url, run) if tensorboard_url and run else None,
@@ -140,6 +143,8 @@ async def submit_job(body: JobCreate, user: CurrentUser, controller: ControllerD
             workdir=body.workdir,
             env=body.env,
             time_limit_s=body.time_limit_s,
+            max_attempts=body.max_attempts,
+            retry_on=body.retry_on,
         )
         row, wait = await controller.jobs.submit(user, spec)
     except GpuyardError as e:

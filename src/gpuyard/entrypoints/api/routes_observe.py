@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from gpuyard.adapters.metrics.prometheus import CONTENT_TYPE
-from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
 from gpuyard.entrypoints.api.routes_jobs import ERRORS
 from gpuyard.entrypoints.api.schemas_observe import (
@@ -38,13 +37,7 @@ async def metrics(controller: ControllerDep) -> Response:
     snapshot = await observe.snapshot(
         controller.db, controller.scheduler, now=now, node_lease_s=controller.settings.node_lease_s
     )
-    dead_letters = None
-    if controller.broker.is_connected:
-        try:
-            dead_letters = await controller.broker.dead_letter_count()
-        except BrokerUnavailable as e:
-            log.warning("metrics: %s", e)
-    body = controller.metrics.render(snapshot, dead_letters=dead_letters)
+    body = controller.metrics.render(snapshot)
     return Response(body, media_type=CONTENT_TYPE)
 
 

@@ -30,6 +30,15 @@ class JobCreate(BaseModel):
     workdir: str | None = Field(None, description="Absolute working directory on the worker node.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the job.")
     time_limit_s: int | None = Field(None, description="Stop the job (timed_out) after this many seconds.")
+    max_attempts: int | None = Field(
+        None,
+        description="Attempts it gets, retries included (default GPUYARD_MAX_ATTEMPTS, 3; capped by admins).",
+    )
+    retry_on: list[str] = Field(
+        default_factory=list,
+        description="Failures of its own to retry too: exit_nonzero, oom, timeout, launch_error. "
+        "Infrastructure failures (node_lost, gpu_unavailable) are always retried.",
+    )
 
 
 class AttemptPublic(BaseModel):
@@ -87,6 +96,12 @@ class JobPublic(BaseModel):
     node: str | None = None
     gpu_indices: list[int] | None = None
     attempts: list[AttemptPublic] | None = None
+    max_attempts: int = Field(3, description="Attempts it gets, retries included.")
+    retry_on: list[str] = Field(default_factory=list, description="Failures of its own it wants retried.")
+    retry_at: datetime | None = Field(
+        None,
+        description="Waiting out its backoff after a failed attempt: its next attempt starts no earlier.",
+    )
     gpu_usage: JobGpuUsage | None = Field(None, description="null until the first usage bucket closes.")
     tensorboard_run: str | None = Field(
         None, description="Its run under the TensorBoard log dir ($GPUYARD_TB_DIR), once it started."

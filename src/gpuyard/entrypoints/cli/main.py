@@ -81,6 +81,15 @@ def submit(
     ] = None,
     env: Annotated[list[str], typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
     time_limit: Annotated[str | None, typer.Option("--time-limit", "-t", help="e.g. 90s, 30m, 2h.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", help="Attempts, retries included [3].")
+    ] = None,
+    retry_on: Annotated[
+        list[str],
+        typer.Option(
+            "--retry-on", help="Also retry: exit_nonzero | oom | timeout | launch_error (repeatable)."
+        ),
+    ] = [],  # noqa: B006
     shell_env: Annotated[
         bool,
         typer.Option(
@@ -112,7 +121,15 @@ def submit(
         argv = command[0]  # one quoted shell line: run it under sh -c
     job = _call(
         lambda c: c.submit(
-            argv, gpus=gpus, priority=priority, name=name, workdir=folder, env=env_vars, time_limit_s=limit_s
+            argv,
+            gpus=gpus,
+            priority=priority,
+            name=name,
+            workdir=folder,
+            env=env_vars,
+            time_limit_s=limit_s,
+            max_attempts=max_attempts,
+            retry_on=retry_on,
         )
     )
     if as_json:
@@ -412,6 +429,7 @@ def user_add(
     sys.stdout.write(user["token"] + "\n")
 
 
+from gpuyard.entrypoints.cli import dead as _dead  # noqa: E402  (registers dead, requeue)
 from gpuyard.entrypoints.cli import services as _services  # noqa: E402  (registers up/controller/worker)
 from gpuyard.entrypoints.cli import simulate as _simulate  # noqa: E402  (registers simulate)
 from gpuyard.entrypoints.cli import tensorboard as _tensorboard  # noqa: E402  (registers tensorboard)
@@ -421,6 +439,7 @@ _services.register(app)
 _simulate.register(app)
 _tensorboard.register(app)
 _webhooks.register(app)
+_dead.register(app)
 
 
 def run() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -242,12 +243,35 @@ class Worker:
         )
         await self.emit(beat.model_dump(mode="json"))
 
+    @property
+    def fence_s(self) -> float:
+        """How long this worker may go without renewing its lease before it stops its jobs: early enough
+        that they are gone (SIGTERM, then SIGKILL after the grace) before the controller gives up on it."""
+        lease_s, grace_s = self.settings.node_lease_s, self.settings.kill_grace_s
+        return max(lease_s - grace_s - 5.0, lease_s / 2)
+
     async def _heartbeats(self) -> None:
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
                 await self._heartbeat_once()
+                renewed = time.monotonic()
             except BrokerUnavailable as e:
                 log.warning("heartbeat not sent: %s", e)
             except Exception:
                 log.exception("heartbeat failed")
+            silent_s = time.monotonic() - renewed
+            if silent_s > self.fence_s:
+                self._fence(silent_s)
+
+    def _fence(self, silent_s: float) -> None:
+        """Stop every job: the controller will soon count them lost and run them again elsewhere."""
+        for attempt in self.running.values():
+            if attempt.process is not None and attempt.process.stop_reason is None:
+                log.error(
+                    "no heartbeat got through for %.0f s: stopping job %s attempt %s before it runs twice",
+                    silent_s,
+                    *attempt.key,
+                )
+                attempt.process.stop("fenced")

@@ -31,6 +31,8 @@ def outcome_of(status: ExitStatus) -> tuple[Outcome, str | None]:
         return "cancelled", FailureClass.CANCELLED.value
     if status.stop_reason == "timed_out":
         return "timed_out", FailureClass.TIMEOUT.value
+    if status.stop_reason == "fenced":
+        return "failed", FailureClass.NODE_LOST.value
     if status.exit_code == 0:
         return "succeeded", None
     if status.oom_seen:
@@ -131,6 +133,10 @@ class Attempt:
         detail = None
         if status.stop_reason == "timed_out":
             detail = f"stopped after its time limit of {self.dispatch.time_limit_s} s"
+        elif status.stop_reason == "fenced":
+            detail = (
+                "stopped by its worker, which had lost touch with the controller: it runs again elsewhere"
+            )
         elif status.signal is not None:
             detail = f"killed by signal {status.signal}"
         await self.finish(outcome, failure, exit_code=status.exit_code, signal=status.signal, detail=detail)

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Wait before retrying a failed attempt; doubles per failure, up to 10 min."
     )
     kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
+    stop_jobs_on_exit: bool = Field(
+        False,
+        description="A worker that stops also stops its jobs. Unset, they keep running under their "
+        "supervisors and the next worker on the node picks them up.",
+    )
     scheduler_tick_s: float = Field(5.0, gt=0, description="Scheduling pass period besides wake-ups.")
     log_level: str = Field("INFO", description="Python logging level of the services.")
     backfill: bool = Field(

@@ -4,6 +4,7 @@ namespace, and take them down again, queues included."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,22 +74,28 @@ class Stack:
             "GPUYARD_KILL_GRACE_S": "1",
             "GPUYARD_HEARTBEAT_INTERVAL_S": "0.5",
             "GPUYARD_SCHEDULER_TICK_S": "1",
+            "GPUYARD_STOP_JOBS_ON_EXIT": "true",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.nodes: set[str] = set()  # further workers' nodes, whose queues go when the stack stops
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start_process(self, role: str) -> subprocess.Popen[bytes]:
-        log = open(self.base / f"{role}.log", "ab")  # noqa: SIM115 - kept open for the child
+    def start_process(
+        self, role: str, *, name: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `gpuyard <role>`, known (and logged) as `name` (default: the role)."""
+        name = name or role
+        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "gpuyard", role],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.procs[role] = proc
+        self.procs[name] = proc
         return proc
 
     def start(self) -> None:
@@ -132,9 +139,23 @@ class Stack:
             proc.wait()
 
     def stop(self) -> None:
-        for role in ("worker", "controller"):
-            self.stop_process(role)
-        asyncio.run(delete_broker_objects(self.amqp_url, self.instance, [self.node]))
+        for name in [n for n in self.procs if n != "controller"] + ["controller"]:
+            self.stop_process(name)
+        self.nodes.add(self.node)
+        self.kill_leftover_jobs()
+        asyncio.run(delete_broker_objects(self.amqp_url, self.instance, sorted(self.nodes)))
+
+    def kill_leftover_jobs(self) -> None:
+        """Jobs outlive their workers by design: when the test is over, nothing of them may stay."""
+        from gpuyard.adapters.runner.supervisor import alive, read_json
+
+        for state_dir in (self.data_dir / "jobs").glob("*/.attempt-*"):
+            for name, kill in (("supervisor.json", os.kill), ("job.json", os.killpg)):
+                record = read_json(state_dir / name)
+                if alive(record):
+                    assert record is not None
+                    with contextlib.suppress(OSError):
+                        kill(int(record["pid"]), signal.SIGKILL)
 
     def job(self, job_id: int) -> dict[str, Any]:
         with self.admin() as c:

@@ -104,7 +104,12 @@ class EventService:
         gpus = [g.model_dump(mode="json") for g in event.gpus]
         async with self._db.write() as conn:
             node, changed = await repo.upsert_node(
-                conn, name=event.node, backend=event.backend, gpus=gpus, now=self._clock()
+                conn,
+                name=event.node,
+                backend=event.backend,
+                gpus=gpus,
+                now=self._clock(),
+                draining=event.draining,
             )
         self._scheduler.note_node(node)
         if self._leases is not None:

@@ -119,7 +119,8 @@ def build_request(
         NodeView(
             name=n["name"],
             gpus=tuple(GpuSlot(g["index"], outside=bool(g.get("outside"))) for g in n["gpus"]),
-            online=node_online(n, now=now, node_lease_s=config.node_lease_s),
+            # a draining node takes no new job: for placement it is as good as offline
+            online=node_online(n, now=now, node_lease_s=config.node_lease_s) and not n.get("draining"),
             links=config.links | reported_links(n["gpus"]),
         )
         for n in nodes

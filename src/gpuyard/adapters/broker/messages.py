@@ -75,6 +75,7 @@ class Heartbeat(_Message):
     gpus: list[GpuSample]
     running: list[tuple[int, int]] = Field(default_factory=list)
     usage: list[JobUsage] = Field(default_factory=list)
+    draining: bool = False
     at: datetime
 
 

@@ -60,17 +60,18 @@ async def count_users(conn: AsyncConnection) -> int:
 
 
 async def upsert_node(
-    conn: AsyncConnection, *, name: str, backend: str, gpus: list[Row], now: datetime
+    conn: AsyncConnection, *, name: str, backend: str, gpus: list[Row], now: datetime, draining: bool = False
 ) -> tuple[Row, bool]:
-    """Record a heartbeat. Returns the node's row and whether it is new or its GPUs changed."""
+    """Record a heartbeat. Returns the node's row and whether it is new, or its GPUs or draining changed."""
     current = (await conn.execute(select(nodes).where(nodes.c.name == name))).mappings().first()
-    values = {"name": name, "backend": backend, "gpus": gpus, "last_seen_at": now}
+    values = {"name": name, "backend": backend, "gpus": gpus, "last_seen_at": now, "draining": draining}
     if current is None:
-        row = {**values, "first_seen_at": now, "draining": False}
+        row = {**values, "first_seen_at": now}
         await conn.execute(insert(nodes).values(**row))
         return row, True
     await conn.execute(update(nodes).where(nodes.c.name == name).values(**values))
-    return {**current, **values}, _gpu_shape(current["gpus"]) != _gpu_shape(gpus)
+    changed = _gpu_shape(current["gpus"]) != _gpu_shape(gpus) or bool(current["draining"]) != draining
+    return {**current, **values}, changed
 
 
 def _gpu_shape(gpus: list[Row]) -> list[tuple[Any, ...]]:

@@ -1,23 +1,36 @@
-"""Run one job attempt as a local process: its own session and process group, output captured.
+"""Run one job attempt under its supervisor (adapters/runner/supervisor.py), and follow it from the worker.
 
-Stopping it (cancel, time limit) sends SIGTERM to the whole group, then SIGKILL after a grace period.
+The supervisor, not the worker, is the job's parent: the job keeps running when the worker stops or dies,
+and how it ended is kept on disk. A worker follows the job through the files of its state directory: it
+tails the output file, waits for status.json, and asks for a stop (cancel, fencing) by writing the reason
+and signalling the supervisor, which sends SIGTERM to the job's process group, then SIGKILL after the
+grace period. The supervisor enforces the time limit itself. A restarted worker reattaches with
+`JobProcess.reattach`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from gpuyard.adapters.runner.supervisor import alive, read_json
 
 log = logging.getLogger(__name__)
 
 OnOutput = Callable[[bytes], Awaitable[None]]
-_READ_SIZE = 64 * 1024
+_READ_SIZE = 256 * 1024
+_POLL_S = 0.1
+_LAUNCH_TIMEOUT_S = 30.0
+_OOM_SCAN_BYTES = 1024 * 1024
 _OOM_MARKERS = (b"CUDA out of memory", b"OutOfMemoryError", b"CUDA error: out of memory")
 
 
@@ -31,6 +44,7 @@ class ExitStatus:
     signal: int | None
     stop_reason: str | None  # "cancelled" | "timed_out" | "fenced" | None
     oom_seen: bool
+    vanished: bool = False  # the supervisor is gone without a word: the machine restarted, or it was killed
 
 
 def scrub_environment(base: Mapping[str, str]) -> dict[str, str]:
@@ -39,98 +53,154 @@ def scrub_environment(base: Mapping[str, str]) -> dict[str, str]:
 
 
 class JobProcess:
-    def __init__(
-        self,
-        *,
-        argv: list[str],
-        env: Mapping[str, str],
-        workdir: Path,
-        on_output: OnOutput,
-        kill_grace_s: float,
-    ) -> None:
-        self._argv = argv
-        self._env = dict(env)
-        self._workdir = workdir
+    """One supervised job, followed from `offset` of its output file."""
+
+    def __init__(self, *, state_dir: Path, output: Path, on_output: OnOutput, offset: int = 0) -> None:
+        self.state_dir = state_dir
+        self.output = output
         self._on_output = on_output
-        self._grace_s = kill_grace_s
-        self._proc: asyncio.subprocess.Process | None = None
+        self._offset = offset
+        self._job: dict[str, Any] | None = None
+        self._supervisor: dict[str, Any] | None = None
+        self._child: asyncio.subprocess.Process | None = None
         self._stop_reason: str | None = None
-        self._oom = False
-        self._tail = b""
 
     @property
     def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
-    async def start(self) -> None:
-        if not self._workdir.is_dir():
-            raise LaunchError(f"working directory {self._workdir} does not exist on this node")
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._argv,
-                cwd=self._workdir,
-                env=self._env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except FileNotFoundError as e:
-            raise LaunchError(f"program {self._argv[0]!r} not found on this node ({e.strerror})") from e
-        except PermissionError as e:
-            raise LaunchError(f"program {self._argv[0]!r} cannot be executed: {e.strerror}") from e
-        except OSError as e:
-            raise LaunchError(f"cannot start {self._argv[0]!r}: {e}") from e
-
-    async def wait(self, *, time_limit_s: float | None) -> ExitStatus:
-        """Stream the output until the process ends; stop it at the time limit."""
-        assert self._proc is not None
-        timer = None
-        if time_limit_s is not None:
-            timer = asyncio.get_running_loop().call_later(time_limit_s, self.stop, "timed_out")
-        reader = asyncio.create_task(self._pump())
-        try:
-            returncode = await self._proc.wait()
-            # What the job left behind in its group dies with it: its GPUs go to the next job clean.
-            self._signal_group(signal.SIGKILL)
-            await reader
-        finally:
-            reader.cancel()
-            if timer is not None:
-                timer.cancel()
-        if returncode < 0:
-            return ExitStatus(None, -returncode, self._stop_reason, self._oom)
-        return ExitStatus(returncode, None, self._stop_reason, self._oom)
-
-    async def _pump(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        while chunk := await self._proc.stdout.read(_READ_SIZE):
-            self._scan(chunk)
-            await self._on_output(chunk)
-
-    def _scan(self, chunk: bytes) -> None:
-        window = self._tail + chunk
-        if any(marker in window for marker in _OOM_MARKERS):
-            self._oom = True
-        self._tail = window[-64:]
+        """The job's pid, which is also its process group."""
+        assert self._job is not None
+        return int(self._job["pid"])
 
     @property
     def stop_reason(self) -> str | None:
         return self._stop_reason
 
-    def stop(self, reason: str) -> None:
-        """SIGTERM the process group now, SIGKILL it after the grace period."""
-        if self._proc is None or self._proc.returncode is not None:
-            return
-        if self._stop_reason is None:
-            self._stop_reason = reason
-        log.info("stopping pid %s (%s): SIGTERM, SIGKILL in %.0f s", self._proc.pid, reason, self._grace_s)
-        self._signal_group(signal.SIGTERM)
-        asyncio.get_running_loop().call_later(self._grace_s, self._signal_group, signal.SIGKILL)
+    async def start(
+        self,
+        *,
+        argv: list[str],
+        env: Mapping[str, str],
+        workdir: Path,
+        time_limit_s: float | None,
+        kill_grace_s: float,
+        lease_file: Path | None = None,
+        fence_s: float | None = None,
+    ) -> None:
+        """Start the supervisor and wait until it started the job; raises LaunchError. With `lease_file`,
+        the supervisor stops the job once that file is older than `fence_s`."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "argv": argv,
+            "env": dict(env),
+            "workdir": str(workdir),
+            "output": str(self.output),
+            "time_limit_s": time_limit_s,
+            "kill_grace_s": kill_grace_s,
+            "lease_file": str(lease_file) if lease_file else None,
+            "fence_s": fence_s,
+        }
+        spec_path = self.state_dir / "spec.json"
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the job's environment
+        with os.fdopen(fd, "w") as f:
+            json.dump(spec, f)
+        with open(self.state_dir / "supervisor.log", "ab") as errors:  # noqa: ASYNC230 - local, microseconds
+            self._child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gpuyard.adapters.runner.supervisor",
+                str(self.state_dir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=errors,
+                stderr=errors,
+                start_new_session=True,
+            )
+        waited = 0.0
+        while waited < _LAUNCH_TIMEOUT_S:
+            status = read_json(self.state_dir / "status.json")
+            if status is not None and "launch_error" in status:
+                raise LaunchError(str(status["launch_error"]))
+            self._job = read_json(self.state_dir / "job.json")
+            if self._job is not None:
+                self._supervisor = read_json(self.state_dir / "supervisor.json")
+                return
+            if self._child.returncode is not None:
+                raise LaunchError(f"its supervisor exited at once: {self._supervisor_log()}")
+            await asyncio.sleep(0.01)
+            waited += 0.01
+        raise LaunchError(f"its supervisor did not start it within {_LAUNCH_TIMEOUT_S:.0f} s")
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self._proc is None:
+    @classmethod
+    def reattach(cls, *, state_dir: Path, output: Path, on_output: OnOutput, offset: int) -> JobProcess:
+        """Follow a job a previous worker started (running, or ended while no worker watched)."""
+        process = cls(state_dir=state_dir, output=output, on_output=on_output, offset=offset)
+        process._job = read_json(state_dir / "job.json")
+        process._supervisor = read_json(state_dir / "supervisor.json")
+        process._stop_reason = _read_text(state_dir / "stop")
+        return process
+
+    @property
+    def launched(self) -> bool:
+        return self._job is not None
+
+    async def wait(self) -> ExitStatus:
+        """Stream the output until the job has ended and its supervisor said how."""
+        while True:
+            await self._tail()
+            status = read_json(self.state_dir / "status.json")
+            if status is not None:
+                await self._tail()
+                break
+            if not alive(self._supervisor) and read_json(self.state_dir / "status.json") is None:
+                await self._tail()
+                return ExitStatus(None, None, self._stop_reason, False, vanished=True)
+            await asyncio.sleep(_POLL_S)
+        if self._child is not None:
+            await self._child.wait()  # reap it
+        exit_code, sig = status.get("exit_code"), status.get("signal")
+        oom = exit_code != 0 and self._oom_in_output()
+        return ExitStatus(exit_code, sig, status.get("stop_reason"), oom)
+
+    async def _tail(self) -> None:
+        try:
+            with open(self.output, "rb") as f:  # noqa: ASYNC230 - a local read of what is new
+                f.seek(self._offset)
+                while chunk := f.read(_READ_SIZE):
+                    self._offset += len(chunk)
+                    await self._on_output(chunk)
+        except FileNotFoundError:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+
+    def _oom_in_output(self) -> bool:
+        try:
+            with open(self.output, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.output) - _OOM_SCAN_BYTES))
+                tail = f.read()
+        except OSError:
+            return False
+        return any(marker in tail for marker in _OOM_MARKERS)
+
+    def stop(self, reason: str) -> None:
+        """Ask the supervisor to stop the job (SIGTERM to its group, SIGKILL after the grace period)."""
+        if self._stop_reason is not None or read_json(self.state_dir / "status.json") is not None:
+            return
+        self._stop_reason = reason
+        (self.state_dir / "stop").write_text(reason)
+        log.info("stopping job pid %s (%s)", self._job["pid"] if self._job else "?", reason)
+        if alive(self._supervisor):
+            assert self._supervisor is not None
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(self._supervisor["pid"]), signal.SIGTERM)
+        elif alive(self._job):  # no supervisor to ask: stop the group ourselves
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def _supervisor_log(self) -> str:
+        text = _read_text(self.state_dir / "supervisor.log") or "no output"
+        return text[-500:]
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None

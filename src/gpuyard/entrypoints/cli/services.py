@@ -115,12 +115,54 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
+        loop.add_signal_handler(signal.SIGUSR1, agent.drain)
+        pid_file = worker_pid_file(settings)
+        pid_file.write_text(f"{os.getpid()}\n")
         try:
             await agent.run()
         finally:
             await agent.shutdown()
+            pid_file.unlink(missing_ok=True)
 
     asyncio.run(main())
+
+
+def worker_pid_file(settings: Settings) -> Path:
+    return settings.data_dir / f"worker-{settings.node_name}.pid"
+
+
+def drain(
+    data_dir: DataDirOpt = None,
+    node_name: Annotated[
+        str | None, typer.Option("--node-name", help="The worker's node [hostname].")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until it has exited.")] = True,
+) -> None:
+    """Tell this machine's worker to take no new job and to exit once its running jobs end."""
+    _apply(data_dir=data_dir, node_name=node_name)
+    settings = _settings()
+    pid_file = worker_pid_file(settings)
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        err.print(f"error: no worker of node {settings.node_name} runs with data dir {settings.data_dir}.")
+        raise typer.Exit(1) from None
+    err.print(f"Worker {settings.node_name} (pid {pid}) is draining: it takes no new job.")
+    while wait and _running(pid):
+        time.sleep(0.5)
+    if wait:
+        err.print("It has exited: its jobs are done.")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def up(
@@ -302,4 +344,22 @@ def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(controller)
     app.command("api", help="Same as `controller`.")(controller)
-    app.command()(worker)
+    worker_app = typer.Typer(
+        help="This machine's worker: reports its GPUs and runs the jobs dispatched to it.",
+        invoke_without_command=True,
+    )
+    worker_app.callback()(_worker_group)
+    worker_app.command("drain")(drain)
+    app.add_typer(worker_app, name="worker")
+
+
+def _worker_group(
+    ctx: typer.Context,
+    data_dir: DataDirOpt = None,
+    gpu_backend: BackendOpt = None,
+    fake_gpus: FakeOpt = None,
+    node_name: Annotated[str | None, typer.Option("--node-name", help="This node's name [hostname].")] = None,
+) -> None:
+    """Run the worker of this machine (`gpuyard worker drain`: let it finish its jobs and exit)."""
+    if ctx.invoked_subcommand is None:
+        worker(data_dir=data_dir, gpu_backend=gpu_backend, fake_gpus=fake_gpus, node_name=node_name)

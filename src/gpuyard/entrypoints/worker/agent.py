@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from gpuyard.adapters.broker.messages import (
@@ -26,7 +27,7 @@ from gpuyard.adapters.gpu.base import GpuBackend
 from gpuyard.adapters.runner.process import LaunchError
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
-from gpuyard.entrypoints.worker.attempt import Attempt
+from gpuyard.entrypoints.worker.attempt import Attempt, active_dir, lease_file
 from gpuyard.entrypoints.worker.usage import usage_by_job
 from gpuyard.settings import Settings
 
@@ -48,6 +49,7 @@ class Worker:
         self._launch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._links: dict[int, list[int]] | None = None
+        self.draining = False
 
     async def emit(self, body: dict[str, Any]) -> None:
         await self.broker.publish("events", body)
@@ -60,7 +62,9 @@ class Worker:
             await self.broker.declare_node_queue(self.node)
 
         await retry_while_unavailable(connect, what="connecting to RabbitMQ")
+        await self._resume_attempts()  # before any dispatch: a redelivered one must find its attempt
         await self._heartbeat_once()
+        self._renew_lease()
         await self.broker.consume(
             self.broker.node_queue(self.node), self.handle, prefetch=self.settings.max_parallel_jobs
         )
@@ -81,17 +85,79 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
 
+    def drain(self) -> None:
+        """Take no new job; stop once the running ones have ended."""
+        if not self.draining:
+            log.info("draining: no new jobs; exiting once the %s running ones end", len(self.running))
+        self.draining = True
+        if not self.running:
+            self.stop()
+
     async def shutdown(self) -> None:
-        """Stop every job this worker runs and report their ends, then disconnect."""
-        for attempt in list(self.running.values()):
-            if attempt.process is not None:
-                attempt.process.stop("cancelled")
-        waits = [a.finished.wait() for a in self.running.values()]
-        if waits:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), timeout=self.settings.kill_grace_s + 5)
+        """Disconnect. Running jobs keep running under their supervisors, for the next worker to pick up,
+        unless GPUYARD_STOP_JOBS_ON_EXIT asks to stop them (and report their ends) first."""
+        if self.settings.stop_jobs_on_exit:
+            for attempt in list(self.running.values()):
+                if attempt.process is not None:
+                    attempt.process.stop("cancelled")
+            waits = [a.finished.wait() for a in self.running.values()]
+            if waits:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*waits), timeout=self.settings.kill_grace_s + 5)
+        elif self.running:
+            log.info(
+                "%s jobs keep running under their supervisors; the next worker on this node picks them up",
+                len(self.running),
+            )
+        for task in list(self._tasks):
+            task.cancel()
         await self.broker.close()
         self.gpus.close()
+
+    def _attempt(self, dispatch: Dispatch) -> Attempt:
+        return Attempt(
+            dispatch,
+            node=self.node,
+            jobs_dir=self.settings.jobs_dir,
+            emit=self.emit,
+            kill_grace_s=self.settings.kill_grace_s,
+            tensorboard_dir=self.settings.tensorboard_logdir,
+            fence_s=self.fence_s,
+        )
+
+    async def _resume_attempts(self) -> None:
+        """Pick up the attempts a previous worker on this node started: running ones are followed again,
+        those that ended meanwhile are reported, exit code included."""
+        active = active_dir(self.settings.jobs_dir, self.node)
+        for marker in sorted(active.glob("*.*")) if active.is_dir() else []:
+            state_dir = Path(marker.read_text().strip())
+            try:
+                attempt = Attempt.resume(
+                    state_dir,
+                    node=self.node,
+                    jobs_dir=self.settings.jobs_dir,
+                    emit=self.emit,
+                    kill_grace_s=self.settings.kill_grace_s,
+                    tensorboard_dir=self.settings.tensorboard_logdir,
+                )
+            except (OSError, ValueError) as e:
+                log.error("cannot resume the attempt in %s (%s): forgetting it", state_dir, e)
+                marker.unlink(missing_ok=True)
+                continue
+            assert attempt.process is not None
+            if not attempt.process.launched:
+                await attempt.finish(
+                    "failed", FailureClass.NODE_LOST.value, detail="its worker stopped while starting it"
+                )
+                continue
+            pid = attempt.process.pid
+            self.running[attempt.key] = attempt
+            self._mark_fake_load(pid, attempt.dispatch.gpu_indices)
+            log.info("job %s attempt %s: resumed (pid %s)", *attempt.key, pid)
+            await attempt.started_event(pid)
+            task = asyncio.create_task(self._supervise(attempt, pid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def handle(self, body: dict[str, Any]) -> None:
         message = node_message.validate_python(body)
@@ -105,14 +171,16 @@ class Worker:
         if key in self.running or key in self._ended:
             log.info("job %s attempt %s: duplicate dispatch ignored", *key)
             return
-        attempt = Attempt(
-            d,
-            node=self.node,
-            jobs_dir=self.settings.jobs_dir,
-            emit=self.emit,
-            kill_grace_s=self.settings.kill_grace_s,
-            tensorboard_dir=self.settings.tensorboard_logdir,
-        )
+        attempt = self._attempt(d)
+        if attempt.state_dir.exists():  # started by an earlier worker: resumed or reported, never twice
+            log.info("job %s attempt %s: started before, duplicate dispatch ignored", *key)
+            return
+        if self.draining:
+            await attempt.finish(
+                "failed", FailureClass.GPU_UNAVAILABLE.value, detail=f"node {self.node} is draining"
+            )
+            self._end(key)
+            return
         if key in self._cancelled_early:
             await attempt.finish(
                 "cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started"
@@ -160,6 +228,8 @@ class Worker:
             self._clear_fake_load(pid)
             self.running.pop(attempt.key, None)
             self._end(attempt.key)
+            if self.draining and not self.running:
+                self.stop()
 
     async def _cancel(self, c: Cancel) -> None:
         key = (c.job_id, c.attempt)
@@ -172,9 +242,9 @@ class Worker:
             stub = Dispatch(
                 job_id=c.job_id, attempt=c.attempt, name="", user="", argv=["-"], gpu_indices=[], gpu_uuids=[]
             )
-            await Attempt(
-                stub, node=self.node, jobs_dir=self.settings.jobs_dir, emit=self.emit, kill_grace_s=0
-            ).finish("cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started")
+            await self._attempt(stub).finish(
+                "cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started"
+            )
 
     def _end(self, key: tuple[int, int]) -> None:
         self._ended[key] = None
@@ -239,6 +309,7 @@ class Worker:
             gpus=samples,
             running=list(self.running),
             usage=usage,
+            draining=self.draining,
             at=datetime.now(UTC),
         )
         await self.emit(beat.model_dump(mode="json"))
@@ -257,6 +328,7 @@ class Worker:
             try:
                 await self._heartbeat_once()
                 renewed = time.monotonic()
+                self._renew_lease()
             except BrokerUnavailable as e:
                 log.warning("heartbeat not sent: %s", e)
             except Exception:
@@ -264,6 +336,15 @@ class Worker:
             silent_s = time.monotonic() - renewed
             if silent_s > self.fence_s:
                 self._fence(silent_s)
+
+    def _renew_lease(self) -> None:
+        """Tell the supervisors the lease holds (they stop their jobs when it is older than `fence_s`)."""
+        lease = lease_file(self.settings.jobs_dir, self.node)
+        try:
+            lease.touch()
+        except FileNotFoundError:
+            lease.parent.mkdir(parents=True, exist_ok=True)
+            lease.touch()
 
     def _fence(self, silent_s: float) -> None:
         """Stop every job: the controller will soon count them lost and run them again elsewhere."""

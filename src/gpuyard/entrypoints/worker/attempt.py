@@ -1,4 +1,7 @@
-"""One job attempt on this node: launch, stream output and progress as events, report the end."""
+"""One job attempt on this node: launch it under its supervisor, stream output and progress as events,
+report the end. Its state lives on disk (JOBS_DIR/<job>/.attempt-<n>/, and a marker in
+JOBS_DIR/.active-<node> until its end is reported), so a restarted worker picks it up again:
+`Attempt.resume`."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def outcome_of(status: ExitStatus) -> tuple[Outcome, str | None]:
         return "cancelled", FailureClass.CANCELLED.value
     if status.stop_reason == "timed_out":
         return "timed_out", FailureClass.TIMEOUT.value
-    if status.stop_reason == "fenced":
+    if status.stop_reason == "fenced" or status.vanished:
         return "failed", FailureClass.NODE_LOST.value
     if status.exit_code == 0:
         return "succeeded", None
@@ -50,14 +53,19 @@ class Attempt:
         emit: Emit,
         kill_grace_s: float,
         tensorboard_dir: Path | None = None,
+        fence_s: float | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.node = node
         self.output_dir = jobs_dir / str(dispatch.job_id) / f"attempt-{dispatch.attempt}"
+        self.state_dir = state_dir_of(jobs_dir, dispatch.job_id, dispatch.attempt)
+        self.marker = active_dir(jobs_dir, node) / f"{dispatch.job_id}.{dispatch.attempt}"
         run = tensorboard_run(dispatch.job_id, dispatch.name, dispatch.attempt)
         self.tb_dir = (tensorboard_dir / run) if tensorboard_dir else self.output_dir / "tensorboard"
         self._emit = emit
         self._grace_s = kill_grace_s
+        self._fence_s = fence_s
+        self.lease_file = lease_file(jobs_dir, node)
         self._offset = 0
         self._pending = bytearray()
         self._flush_lock = asyncio.Lock()
@@ -94,20 +102,46 @@ class Attempt:
         return env
 
     async def launch(self) -> int:
-        """Start the process; raises LaunchError. Returns its pid (= its process group)."""
+        """Start the job under its supervisor; raises LaunchError. Returns its pid (= its process group)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.tb_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_file.touch()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "dispatch.json").write_text(self.dispatch.model_dump_json())
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(str(self.state_dir))
         workdir = Path(self.dispatch.workdir) if self.dispatch.workdir else self.output_dir
-        self.process = JobProcess(
+        self.process = JobProcess(state_dir=self.state_dir, output=self.output_log, on_output=self._on_output)
+        await self.process.start(
             argv=self.dispatch.argv,
             env=self.environment(),
             workdir=workdir,
-            on_output=self._on_output,
+            time_limit_s=self.dispatch.time_limit_s,
             kill_grace_s=self._grace_s,
+            lease_file=self.lease_file if self._fence_s else None,
+            fence_s=self._fence_s,
         )
-        await self.process.start()
         return self.process.pid
+
+    @classmethod
+    def resume(cls, state_dir: Path, **kwargs: Any) -> Attempt:
+        """The attempt a previous worker started, from its state on disk."""
+        dispatch = Dispatch.model_validate_json((state_dir / "dispatch.json").read_text())
+        attempt = cls(dispatch, **kwargs)
+        try:
+            offset = int((state_dir / "reported_offset").read_text())
+        except (OSError, ValueError):
+            offset = 0
+        attempt._offset = offset
+        attempt._metrics_pos = 0
+        attempt.process = JobProcess.reattach(
+            state_dir=state_dir, output=attempt.output_log, on_output=attempt._on_output, offset=offset
+        )
+        return attempt
+
+    @property
+    def output_log(self) -> Path:
+        return self.output_dir / "output.log"
 
     async def started_event(self, pid: int) -> None:
         d = self.dispatch
@@ -123,7 +157,7 @@ class Attempt:
         poller = asyncio.create_task(self._poll_metrics())
         flusher = asyncio.create_task(self._flush_periodically())
         try:
-            status = await self.process.wait(time_limit_s=self.dispatch.time_limit_s)
+            status = await self.process.wait()
         finally:
             poller.cancel()
             flusher.cancel()
@@ -143,7 +177,10 @@ class Attempt:
 
     async def fail_launch(self, error: LaunchError) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        await self._on_output(f"gpuyard: could not start the job: {error}\n".encode())
+        message = f"gpuyard: could not start the job: {error}\n".encode()
+        with open(self.output_log, "ab") as f:  # noqa: ASYNC230 - a local append, microseconds
+            f.write(message)
+        await self._on_output(message)
         await self._flush()
         await self.finish("failed", FailureClass.LAUNCH_ERROR.value, detail=str(error))
 
@@ -169,6 +206,9 @@ class Attempt:
             at=datetime.now(UTC),
         )
         await self._emit_retrying(event.model_dump(mode="json"))
+        if self.state_dir.is_dir():
+            (self.state_dir / "reported").touch()
+        self.marker.unlink(missing_ok=True)
         self.finished.set()
         log.info("job %s attempt %s %s (exit %s, signal %s)", d.job_id, d.attempt, outcome, exit_code, signal)
 
@@ -182,8 +222,6 @@ class Attempt:
         )
 
     async def _on_output(self, chunk: bytes) -> None:
-        with open(self.output_dir / "output.log", "ab") as f:  # noqa: ASYNC230 - a local append, microseconds
-            f.write(chunk)
         self._pending += chunk
         if len(self._pending) >= _FLUSH_BYTES:
             await self._flush()
@@ -198,6 +236,8 @@ class Attempt:
             d = self.dispatch
             chunk = LogChunk.of(job_id=d.job_id, attempt=d.attempt, offset=offset, data=data)
             await self._emit_retrying(chunk.model_dump(mode="json"))
+            if self.state_dir.is_dir():  # where a restarted worker resumes the output from
+                (self.state_dir / "reported_offset").write_text(str(self._offset))
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -243,6 +283,21 @@ class Attempt:
             await self._emit(progress.model_dump(mode="json"))
         except BrokerUnavailable as e:
             log.warning("progress of job %s not sent: %s", d.job_id, e)
+
+
+def active_dir(jobs_dir: Path, node: str) -> Path:
+    """A marker per attempt whose end this node has not reported yet."""
+    return jobs_dir / f".active-{node}"
+
+
+def lease_file(jobs_dir: Path, node: str) -> Path:
+    """Touched by the node's worker whenever a heartbeat got through; its supervisors fence by its age."""
+    return jobs_dir / f".lease-{node}"
+
+
+def state_dir_of(jobs_dir: Path, job_id: int, attempt: int) -> Path:
+    """Where the supervisor and worker of an attempt keep their state: beside its output, not in it."""
+    return jobs_dir / str(job_id) / f".attempt-{attempt}"
 
 
 def _num(value: Any) -> float | None:

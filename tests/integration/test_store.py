@@ -278,3 +278,27 @@ async def test_gpu_usage_folds_into_series_stats_and_an_idle_flag(db: Database) 
     assert job["usage_samples"] == 21 and job["gpu_util_peak"] == 99.0 and job["gpu_mem_peak_mib"] == 8000
     assert job["gpu_util_mean"] == pytest.approx((5 * 80 + 99) / 21)
     assert [p["utilization_pct"] for p in gpu_points[("n", 0)]] == [90.0, 0.0, 0.0, 0.0]
+
+
+async def test_an_older_progress_report_never_overwrites_a_newer_one(db: Database) -> None:
+    user_id = await add_user(db)
+    job_id = await add_job(db, user_id)
+    async with db.write() as conn:
+        await jobs_repo.dispatch(conn, job_id=job_id, node="n", gpu_indices=[0], gpu_uuids=["a"], now=NOW)
+
+    async def report(seq: int, step: float) -> bool:
+        async with db.write() as conn:
+            return await jobs_repo.set_progress(
+                conn, job_id=job_id, attempt=1, step=step, total=10, metrics={"s": step}, now=NOW, seq=seq
+            )
+
+    assert await report(100, 5)
+    assert not await report(40, 2)  # delivered late
+    assert await report(100, 5)  # the same report again changes nothing
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+    assert job is not None and (job["progress_step"], job["metrics"], job["progress_seq"]) == (
+        5,
+        {"s": 5},
+        100,
+    )

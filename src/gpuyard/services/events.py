@@ -92,6 +92,7 @@ class EventService:
                 total=event.total,
                 metrics=event.metrics,
                 now=now,
+                seq=event.seq,
             )
             if moved and keep_point:
                 point = {"job_id": event.job_id, "attempt": event.attempt, "at": now}

@@ -108,6 +108,7 @@ class Progress(_Message):
     type: Literal["progress"] = "progress"
     job_id: int
     attempt: int
+    seq: int = 0  # grows with each report of an attempt: an older report never overwrites a newer one
     step: float | None = None
     total: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)

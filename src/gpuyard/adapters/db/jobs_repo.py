@@ -140,7 +140,7 @@ async def count_by_state(conn: AsyncConnection) -> dict[str, int]:
     return {state: int(n) for state, n in (await conn.execute(query)).all()}
 
 
-# A new attempt starts its GPU usage figures afresh.
+# A new attempt starts its GPU usage and progress afresh.
 _NEW_ATTEMPT_USAGE: dict[str, Any] = {
     "usage_samples": 0,
     "gpu_util_mean": None,
@@ -149,6 +149,9 @@ _NEW_ATTEMPT_USAGE: dict[str, Any] = {
     "gpu_mem_peak_mib": None,
     "gpu_idle_since": None,
     "retry_at": None,
+    "progress_seq": 0,
+    "progress_step": None,  # the last attempt's progress says nothing of this one's
+    "progress_total": None,
 }
 
 
@@ -221,14 +224,19 @@ async def set_progress(
     total: float | None,
     metrics: Row | None,
     now: datetime,
+    seq: int = 0,
 ) -> bool:
-    """Record what the current attempt reports; False when the job moved on (a late report)."""
+    """Record what the current attempt reports; False when the job moved on (a late report) or a newer
+    report is recorded already (`seq` grows with each report of an attempt)."""
     result = await conn.execute(
         update(jobs)
         .where(
-            jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state.in_([s.value for s in ACTIVE_STATES])
+            jobs.c.id == job_id,
+            jobs.c.attempt == attempt,
+            jobs.c.state.in_([s.value for s in ACTIVE_STATES]),
+            jobs.c.progress_seq <= seq,
         )
-        .values(progress_step=step, progress_total=total, metrics=metrics, updated_at=now)
+        .values(progress_step=step, progress_total=total, metrics=metrics, updated_at=now, progress_seq=seq)
     )
     return bool(result.rowcount)
 

@@ -90,6 +90,7 @@ jobs = Table(
     Column("progress_step", Float, nullable=True),
     Column("progress_total", Float, nullable=True),
     Column("metrics", JSON, nullable=True),
+    Column("progress_seq", BigInteger, nullable=False, default=0),  # of the report shown (see set_progress)
     Column("updated_at", UtcDateTime(), nullable=False),
     # Set while its owner or an admin holds the job: it keeps its place in line but does not start.
     Column("held_at", UtcDateTime(), nullable=True),

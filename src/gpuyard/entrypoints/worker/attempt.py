@@ -275,6 +275,7 @@ class Attempt:
         progress = Progress(
             job_id=d.job_id,
             attempt=d.attempt,
+            seq=self._metrics_pos,  # where in the metrics file the report ends: grows with each one
             step=_num(latest.get("step")),
             total=_num(latest.get("total")),
             metrics=_dict(latest.get("metrics")),

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gpuyard.adapters.broker.local import LocalRabbitmq, amqp_reachable, free_port
 from tests.support.postgres import (
@@ -29,6 +30,12 @@ from tests.support.postgres import (
     sqlalchemy_url,
     with_database,
 )
+
+# CI explores the same examples on every run, so a run is reproducible and says the same of one commit;
+# locally, property tests keep exploring new examples (and keep those that failed in .hypothesis/).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 SYSTEM_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SYSTEM_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

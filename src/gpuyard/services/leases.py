@@ -6,8 +6,9 @@
   its lease stops its jobs (see the worker), so the next attempt never overlaps the last.
 - An attempt the node reports that the controller considers over (its job moved on to another attempt,
   or ended) is stale: the node is told to kill it.
-- An attempt the controller considers running that its node, heartbeating, no longer reports for the
-  lease (the worker restarted and the job did not survive) is lost too.
+- An attempt the controller considers running (or dispatched) that its node, heartbeating, does not
+  report for the lease (the worker restarted and the job did not survive; the dispatch never arrived)
+  is lost too.
 """
 
 from __future__ import annotations
@@ -113,10 +114,12 @@ class LeaseService:
             if now - heard > lease:
                 expired.append((row, f"node {row['node']} sent no heartbeat for {self.lease_s:.0f} s"))
                 continue
-            if row["state"] == JobState.RUNNING.value:
-                since = max(filter(None, [self._reported.get(key), row["started_at"], self._hearing_since]))
-                if now - since > lease:
-                    expired.append((row, f"node {row['node']} stopped reporting it for {self.lease_s:.0f} s"))
+            # Running, or dispatched (a worker acks a dispatch within seconds of taking it), yet its node,
+            # heartbeating, has not listed it for the whole lease: the attempt is gone.
+            began = row["started_at"] if row["state"] == JobState.RUNNING.value else row["dispatched_at"]
+            since = max(filter(None, [self._reported.get(key), began, self._hearing_since]))
+            if now - since > lease:
+                expired.append((row, f"node {row['node']} has not reported it for {self.lease_s:.0f} s"))
         for row, why in expired:
             await self._lose(row, why, now=now)
         if expired:

@@ -96,6 +96,7 @@ class Person:
         assert "Traceback" not in text and 'File "' not in text, f"the page shows a traceback:\n{text[:3000]}"
 
     def see(self, text: str | re.Pattern[str], timeout_ms: int = TIMEOUT_MS) -> None:
+        """Wait until the page shows `text` (the first of several matches)."""
         from playwright.sync_api import expect
 
         expect(self.page.get_by_text(text).first).to_be_visible(timeout=timeout_ms)
@@ -127,6 +128,8 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.page.get_by_label("Token").fill(stack.admin_token)
     me.page.get_by_role("button", name="Sign in").click()
     me.see("Signed in as")
+    me.see("Nobody is waiting")
+    me.page.reload()  # the sign-in is kept for the browser session
     me.see("Nobody is waiting")
 
     with stack.admin() as api:
@@ -176,4 +179,6 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.shot("08-history-output")
 
     me.page.get_by_role("button", name="Sign out").click()
+    me.see("Sign in with your token")
+    me.page.reload()
     me.see("Sign in with your token")

@@ -369,3 +369,46 @@ def test_gpu_samples_keep_the_last_hour() -> None:
     assert [r["percent"] for r in samples.rows("utilization")] == [20, 30]
     assert [r["percent"] for r in samples.rows("memory")] == [25.0, 25.0]
     assert samples.span() == timedelta(minutes=30)
+
+
+def test_session_book_tickets_are_one_time_and_sessions_expire() -> None:
+    from gpuyard.entrypoints.ui.remember import SESSION_TTL_S, TICKET_TTL_S, SessionBook
+
+    book = SessionBook()
+    sid, ticket = book.issue("gy_a", now=0)
+    assert book.redeem(ticket, now=1) == sid and book.redeem(ticket, now=1) is None, "one time"
+    assert book.token(sid, now=2) == "gy_a"
+    assert book.token(sid, now=SESSION_TTL_S + 1) is None and book.token(sid, now=3) is None
+    sid2, ticket2 = book.issue("gy_b", now=0)
+    assert book.redeem(ticket2, now=TICKET_TTL_S + 1) is None, "a stale ticket"
+    book.forget(sid2)
+    assert book.token(sid2, now=1) is None
+    assert book.token("unknown") is None
+
+
+def test_remember_route_sets_an_http_only_session_cookie() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from gpuyard.entrypoints.ui.remember import BOOK, COOKIE, ROUTE, remember_route
+
+    def get(ticket: str) -> Any:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": ROUTE,
+            "headers": [],
+            "query_string": f"ticket={ticket}".encode(),
+        }
+        return asyncio.run(remember_route(Request(scope)))
+
+    sid, ticket = BOOK.issue("gy_c")
+    answer = get(ticket)
+    assert answer.status_code == 204
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}={sid};") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "expires" not in cookie.lower() and "max-age" not in cookie.lower(), "a browser-session cookie"
+    again = get(ticket)
+    assert again.status_code == 204 and "set-cookie" not in again.headers
+    BOOK.forget(sid)

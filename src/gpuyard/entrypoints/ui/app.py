@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from gpuyard.entrypoints.ui import session
+from gpuyard.entrypoints.ui.remember import ROUTE
 
 # Not "pages/": Streamlit would also take a folder of that name for pages of its own.
 PAGES = Path(__file__).resolve().parent / "screens"
@@ -14,6 +15,8 @@ PAGES = Path(__file__).resolve().parent / "screens"
 
 def main() -> None:
     st.set_page_config(page_title="gpuyard", page_icon=":material/memory:", layout="wide")
+    if not st.session_state.get(session.TOKEN):
+        session.restore()
     if not st.session_state.get(session.TOKEN):
         st.navigation([st.Page(PAGES / "signin.py", title="Sign in", icon=":material/login:")]).run()
         return
@@ -37,6 +40,9 @@ def main() -> None:
             on_click=session.sign_out,
             args=("You are signed out.",),
         )
+        ticket = st.session_state.pop(session.TICKET, None)
+        if ticket:  # the browser loads it once, and keeps the sign-in for its session
+            st.html(f'<img src="{ROUTE}?ticket={ticket}" alt="" width="1" height="1">')
     page.run()
 
 

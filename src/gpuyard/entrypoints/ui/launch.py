@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 APP = Path(__file__).resolve().parent / "app.py"
+SERVER = Path(__file__).resolve().parent / "server.py"  # app.py, plus the route of remember.py
 
 
 def streamlit_argv(*, host: str, port: int) -> list[str]:
@@ -20,7 +21,7 @@ def streamlit_argv(*, host: str, port: int) -> list[str]:
         "-m",
         "streamlit",
         "run",
-        str(APP),
+        str(SERVER),
         "--server.address",
         host,
         "--server.port",

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from gpuyard.client import ApiError, Client, discover
+from gpuyard.entrypoints.ui.remember import BOOK, COOKIE
 from gpuyard.entrypoints.ui.views import describe_error
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ API_URL = "gpuyard.api_url"
 TOKEN = "gpuyard.token"
 USER = "gpuyard.user"
 NOTICE = "gpuyard.notice"
+SID = "gpuyard.sid"  # this browser session's id in remember.BOOK
+TICKET = "gpuyard.ticket"  # a one-time link that sets the session cookie, still to be loaded
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,46 @@ def my_name() -> str:
     return str(me().get("name", ""))
 
 
-def sign_in(token: str) -> dict[str, Any]:
-    """Check the token with the API; on success it is kept for this browser session. Raises ApiError."""
+def sign_in(token: str, *, remember: bool = True) -> dict[str, Any]:
+    """Check the token with the API; on success it is kept for this browser session (a reload included,
+    see remember.py). Raises ApiError."""
     with Client(api_url(), token, timeout_s=config().timeout_s) as probe:
         user = probe.me()
     st.session_state[TOKEN] = token
     st.session_state[USER] = user
+    if remember:
+        st.session_state[SID], st.session_state[TICKET] = BOOK.issue(token)
     return user
 
 
+def restore() -> None:
+    """Sign in again with the token this browser's session cookie stands for, if any."""
+    sid = _cookie(COOKIE)
+    token = BOOK.token(sid) if sid else None
+    if not sid or not token:
+        return
+    try:
+        sign_in(token, remember=False)
+    except Exception as e:  # noqa: BLE001 - the sign-in page says why
+        if isinstance(e, ApiError) and e.status == 401:
+            BOOK.forget(sid)
+        st.session_state[NOTICE] = ("error", f"Could not sign you in again. {problem(e)}")
+        return
+    st.session_state[SID] = sid
+
+
+def _cookie(name: str) -> str | None:
+    try:
+        return st.context.cookies.to_dict().get(name)
+    except Exception:  # noqa: BLE001 - no browser (a test run): no cookies
+        return None
+
+
 def sign_out(message: str | None = None) -> None:
-    for key in (TOKEN, USER, "gpuyard.client"):
+    sid = st.session_state.get(SID)
+    if sid:
+        BOOK.forget(sid)
+    for key in (TOKEN, USER, SID, TICKET, "gpuyard.client"):
         st.session_state.pop(key, None)
     if message:
         st.session_state[NOTICE] = message

@@ -56,7 +56,7 @@ def texts(at: AppTest) -> str:
     parts: list[Any] = []
     for kind in ("markdown", "caption", "error", "warning", "info", "success", "code", "header", "subheader"):
         parts.extend(e.value for e in at.get(kind))
-    for frame in at.dataframe:
+    for frame in [*at.dataframe, *at.table]:
         parts.append(frame.value.to_string())
     return "\n".join(str(p) for p in parts)
 

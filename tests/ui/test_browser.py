@@ -87,7 +87,10 @@ class Person:
         self.page.set_default_timeout(TIMEOUT_MS)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, *, showing: str = "") -> None:
+        """Save a screenshot once what has the data-testid `showing` (a table, a chart) is drawn."""
+        if showing:
+            self.page.locator(f'[data-testid="{showing}"]').first.wait_for()
         self.no_traceback()
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -151,24 +154,24 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
 
     me.go("Queue")
     me.see("2 jobs waiting; 2 of them yours")
-    me.shot("04-queue")
+    me.shot("04-queue", showing="stTable")
     me.pick("Job", re.compile(rf"^{doomed} · to-cancel"))
     me.page.get_by_role("button", name="Cancel").click()
     me.see(f"Job {doomed} cancelled.")
     assert stack.job(doomed)["state"] == "cancelled"
     me.see("1 job waiting")
-    me.shot("05-queue-after-cancel")
+    me.shot("05-queue-after-cancel", showing="stTable")
 
     release(tmp_path, blocker)
     me.go("Running")
     me.see(f"Job {job['id']} · digits-ui", timeout_ms=60_000)
     me.see(re.compile(r"\(step [3-8] of 8\)"), timeout_ms=60_000)  # a few reports: a few points
     me.see("device=cpu", timeout_ms=60_000)  # the live output
-    me.shot("06-running")
+    me.shot("06-running", showing="stVegaLiteChart")
 
     me.go("GPUs")
     me.see("GPUs in use by gpuyard jobs")
-    me.shot("07-gpus")
+    me.shot("07-gpus", showing="stVegaLiteChart")
 
     stack.wait_state(job["id"], "succeeded", timeout_s=120)
     me.go("History")
@@ -176,7 +179,7 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.see(f"Job {job['id']} succeeded")
     me.see("device=cpu")
     me.see("epoch 8/8")
-    me.shot("08-history-output")
+    me.shot("08-history-output", showing="stDataFrame")
 
     me.page.get_by_role("button", name="Sign out").click()
     me.see("Sign in with your token")

@@ -412,3 +412,22 @@ def test_remember_route_sets_an_http_only_session_cookie() -> None:
     again = get(ticket)
     assert again.status_code == 204 and "set-cookie" not in again.headers
     BOOK.forget(sid)
+
+
+def test_gpu_samples_thin_out_a_long_series_for_the_chart() -> None:
+    samples = GpuSamples()
+    for i in range(1000):
+        samples.observe([gpu(0, utilization_pct=i % 100)], now=NOW + timedelta(seconds=2 * i))
+    rows = samples.rows("utilization", max_points=100)
+    assert 90 <= len(rows) <= 100 and rows[-1]["time"] == NOW + timedelta(seconds=1998)
+
+
+def test_when_says_today_tomorrow_or_the_day() -> None:
+    local_noon = datetime.now().astimezone().replace(hour=12, minute=0, second=0, microsecond=0)
+    now = local_noon.astimezone(UTC)
+    assert views.when(iso(local_noon.replace(hour=14, minute=5)), now=now) == "14:05"
+    assert views.when(iso(local_noon + timedelta(hours=13)), now=now) == "tomorrow 01:00"
+    assert views.when(iso(local_noon + timedelta(days=3)), now=now) == (
+        local_noon + timedelta(days=3)
+    ).strftime("%a %d %b 12:00")
+    assert views.when(None) == "-"

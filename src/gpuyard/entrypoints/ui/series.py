@@ -122,15 +122,17 @@ class GpuSamples:
             while series and series[0][0] < now - self.window:
                 series.popleft()
 
-    def rows(self, metric: str) -> list[dict[str, Any]]:
-        """Long-form rows (time, GPU, value) of `utilization` or `memory`, for a line chart."""
+    def rows(self, metric: str, *, max_points: int = 360) -> list[dict[str, Any]]:
+        """Long-form rows (time, GPU, value) of `utilization` or `memory`, for a line chart: at most
+        `max_points` per GPU (every n-th sample), so an hour of samples stays light to draw."""
         column = 1 if metric == "utilization" else 2
-        return [
-            {"time": sample[0], "GPU": key, "percent": sample[column]}
-            for key, series in self.samples.items()
-            for sample in series
-            if sample[column] is not None
-        ]
+        rows: list[dict[str, Any]] = []
+        for key, series in self.samples.items():
+            samples = [s for s in series if s[column] is not None]
+            step = -(-len(samples) // max_points) if samples else 1
+            picked = samples[::-1][::step][::-1]  # the newest sample is always drawn
+            rows.extend({"time": s[0], "GPU": key, "percent": s[column]} for s in picked)
+        return rows
 
     def span(self) -> timedelta:
         starts = [s[0][0] for s in self.samples.values() if s]

@@ -60,6 +60,20 @@ def parse_time(value: str | None) -> datetime | None:
     return fmt.parse_time(value)
 
 
+def when(value: str | None, *, now: datetime | None = None) -> str:
+    """A time as people say it, in this machine's time zone: '14:05', 'tomorrow 00:54', 'Mon 07 Dec 09:00'."""
+    at = parse_time(value)
+    if at is None:
+        return "-"
+    local = at.astimezone()
+    today = (now or utc_now()).astimezone().date()
+    if local.date() == today:
+        return local.strftime("%H:%M")
+    if local.date() == today + timedelta(days=1):
+        return local.strftime("tomorrow %H:%M")
+    return local.strftime("%a %d %b %H:%M")
+
+
 def ago(value: str | None, *, now: datetime) -> str:
     at = parse_time(value)
     return "-" if at is None else f"{fmt.about((now - at).total_seconds())} ago"
@@ -73,7 +87,7 @@ def wait_text(wait: Mapping[str, Any]) -> str:
     job_id, position = wait["id"], wait.get("position")
     if wait.get("reason") == "starting" or position == 0:
         return f"Job {job_id} is starting now."
-    place = "next in line" if position == 1 else f"{fmt.ordinal(position)} in line" if position else "waiting"
+    place = place_text(position) if position else "waiting"
     sentences = [
         f"Job {job_id} is held ({place}): release it to let it start."
         if wait.get("held")
@@ -81,10 +95,10 @@ def wait_text(wait: Mapping[str, Any]) -> str:
     ]
     if wait.get("estimated_start_at"):
         early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
-        between = f"between {fmt.hhmm(early)} and {fmt.hhmm(late)}" if fmt.band(dict(wait)) else ""
+        between = f"between {when(early)} and {when(late)}" if band_text(wait) else ""
         source = fmt.SOURCE_WORDS.get(wait.get("source") or "")
         detail = "; ".join(d for d in (between, source) if d)
-        start = fmt.hhmm(wait["estimated_start_at"])
+        start = when(wait["estimated_start_at"])
         detail = f" ({detail})" if detail else ""
         sentences.append(f"Estimated start {start}{detail}, in {fmt.about(wait['estimated_wait_s'])}.")
     elif not wait.get("held"):
@@ -103,12 +117,12 @@ def job_status_text(job: Job) -> str:
     if state == "dispatched":
         return f"Job {job_id} started: it is being launched on {where}."
     if state == "running":
-        return f"Job {job_id} is running on {where} since {fmt.hhmm(job.get('started_at'))}."
+        return f"Job {job_id} is running on {where} since {when(job.get('started_at'))}."
     if state == "queued":
         return f"Job {job_id} is waiting."
     ended = STATE_WORDS.get(state, state)
     tail = f" (exit code {job['exit_code']})" if job.get("exit_code") not in (None, 0) else ""
-    return f"Job {job_id} {ended}{tail} at {fmt.hhmm(job.get('finished_at'))}."
+    return f"Job {job_id} {ended}{tail} at {when(job.get('finished_at'))}."
 
 
 def gpus_text(job: Job) -> str:
@@ -125,8 +139,8 @@ def gpus_text(job: Job) -> str:
 def queue_rows(entries: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, Any]]:
     rows = []
     for q in entries:
-        band = fmt.band(dict(q))
-        start = fmt.hhmm(q.get("estimated_start_at"))
+        start = when(q.get("estimated_start_at"))
+        band = band_text(q)
         rows.append(
             {
                 "pos": q["position"],
@@ -143,6 +157,18 @@ def queue_rows(entries: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[st
     return rows
 
 
+def band_text(wait: Mapping[str, Any]) -> str:
+    """The range around an estimated start, short: '13:50–14:20' (dates only when not today)."""
+    early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
+    if not early or not late or early == late:
+        return ""
+    return f"{when(early)}–{when(late)}"
+
+
+def place_text(position: int) -> str:
+    return "next in line" if position == 1 else f"{fmt.ordinal(position)} in line"
+
+
 def may_act(item: Mapping[str, Any], *, me: str, is_admin: bool) -> bool:
     return is_admin or item["user"] == me
 
@@ -154,15 +180,15 @@ def queue_summary(entries: Sequence[Mapping[str, Any]], *, me: str) -> str:
     text = f"{len(entries)} job{'s' if len(entries) != 1 else ''} waiting"
     if mine:
         first = mine[0]
-        when = fmt.hhmm(first.get("estimated_start_at"))
-        text += f"; {len(mine)} of them yours, the first ({first['id']}) is {fmt.ordinal(first['position'])}"
-        text += f" in line, estimated start {when}" if first.get("estimated_start_at") else " in line"
+        start = when(first.get("estimated_start_at"))
+        text += f"; {len(mine)} of them yours, the first ({first['id']}) is {place_text(first['position'])}"
+        text += f", estimated start {start}" if first.get("estimated_start_at") else ""
     return text + "."
 
 
 def job_choice(item: Mapping[str, Any]) -> str:
     """How a job reads in a pick list."""
-    place = f", {fmt.ordinal(item['position'])} in line" if item.get("position") else ""
+    place = f", {place_text(item['position'])}" if item.get("position") else ""
     return f"{item['id']} · {item['name']} ({item['user']}{place})"
 
 
@@ -215,7 +241,7 @@ def running_view(job: Job, *, now: datetime) -> RunningView:
         ends = "unknown: no progress reported and no time limit"
     else:
         left_s = max((end - now).total_seconds(), 0.0)
-        ends = f"{fmt.hhmm(end.isoformat())} (in {fmt.about(left_s)}; from {source})"
+        ends = f"{when(end.isoformat(), now=now)} (in {fmt.about(left_s)}; from {source})"
     return RunningView(
         job_id=int(job["id"]),
         title=f"Job {job['id']} · {job['name']}",

@@ -11,13 +11,6 @@ from gpuyard.entrypoints.ui import session, views
 from gpuyard.entrypoints.ui.forms import PRIORITIES
 from gpuyard.entrypoints.ui.widgets import live
 
-COLUMNS = {
-    "pos": st.column_config.NumberColumn("pos", width="small"),
-    "job": st.column_config.NumberColumn("job", width="small", format="%d"),
-    "GPUs": st.column_config.NumberColumn("GPUs", width="small"),
-    "why": st.column_config.TextColumn("why it waits", width="large"),
-}
-
 
 def render() -> None:
     st.header("Queue")
@@ -34,7 +27,7 @@ def _queue() -> None:
     me = session.my_name()
     st.write(views.queue_summary(entries, me=me))
     if entries:
-        st.dataframe(views.queue_rows(entries, me=me), hide_index=True, column_config=COLUMNS)
+        st.table(views.queue_rows(entries, me=me), border="horizontal", hide_index=True)
     _manage([q for q in entries if views.may_act(q, me=me, is_admin=session.is_admin())])
 
 

@@ -32,6 +32,10 @@ def _running() -> None:
     me = session.my_name()
     jobs: list[dict[str, Any]] = sorted(page["data"], key=lambda j: (j["user"] != me, j["id"]))
     series: dict[int, MetricSeries] = st.session_state.setdefault(SERIES, {})
+    tails: dict[int, LogTail] = st.session_state.setdefault(TAILS, {})
+    for gone in [i for i in [*series, *tails] if i not in {j["id"] for j in jobs}]:  # ended: let go
+        series.pop(gone, None)
+        tails.pop(gone, None)
     for job in jobs:
         series.setdefault(job["id"], MetricSeries()).observe(job)
     if not jobs:

@@ -176,13 +176,15 @@ def test_queue_lists_the_line_and_manages_a_waiting_job(stack: Stack, alice: str
 
 
 def reporting_job(release_dir: Path) -> str:
-    """A job that reports three steps of ten with a loss, then waits to be released."""
+    """A job that reports steps 1, 2 and 3 of ten with a loss, each once the test lets it (the file
+    step<N> in release_dir), then waits to be released."""
     code = (
-        "import gpuyard, time\n"
+        "import gpuyard, os, time\n"
         "for i in range(1, 4):\n"
+        f"    while i > 1 and not os.path.exists(os.path.join({str(release_dir)!r}, f'step{{i - 1}}')):\n"
+        "        time.sleep(0.05)\n"
         "    gpuyard.report(step=i, total=10, loss=1.0 / i)\n"
         "    print('step', i, flush=True)\n"
-        "    time.sleep(0.3)\n"
     )
     script = release_dir / "report.py"
     script.write_text(code)
@@ -194,10 +196,16 @@ def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, rele
         job_id = c.submit(reporting_job(release_dir), gpus=1, name="reporter", time_limit_s=600)["id"]
     with stack.admin() as c:
         other = c.submit(held_job(release_dir), gpus=1, name="admins-run")["id"]
-    wait_for(lambda: (stack.job(job_id)["progress_step"] or 0) >= 1, what="the first progress report")
-    at = open_page(stack, alice, "running.py")
-    wait_for(lambda: (stack.job(job_id)["progress_step"] or 0) >= 3, what="the third progress report")
-    at.run()
+
+    def reported(step: int) -> bool:
+        return stack.job(job_id)["progress_step"] == step
+
+    wait_for(lambda: reported(1), what="the first progress report")
+    at = open_page(stack, alice, "running.py")  # the page sees step 1
+    for step in (2, 3):
+        (release_dir / f"step{step - 1}").touch()
+        wait_for(lambda: reported(step), what=f"progress report {step}")  # noqa: B023 - used at once
+        at.run()
     assert_no_exception(at)
     said = texts(at)
     assert f"Job {job_id} · reporter" in said and "ends" in said and "from progress" in said
@@ -205,7 +213,7 @@ def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, rele
     assert "Other people's running jobs" in said and "admins-run" in said
     assert "step 3" in "\n".join(c.value for c in at.code), "the log tail"
     points = at.session_state["running.series"][job_id].points
-    assert [p["step"] for p in points] == [1.0, 3.0] or len(points) >= 2, "curves from what the page saw"
+    assert points == [{"step": s, "loss": 1.0 / s} for s in (1.0, 2.0, 3.0)], "the curves: what the page saw"
     button(at, "Cancel").click()
     at.run()
     assert stack.wait_state(job_id, "cancelled")["failure_class"] == "cancelled"

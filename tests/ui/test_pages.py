@@ -54,9 +54,14 @@ def test_sign_in_says_what_is_wrong_then_lets_a_valid_token_in(stack: Stack) -> 
     assert_no_exception(at)
     assert at.session_state[session.USER]["is_admin"] is True
     assert "Queue" in [h.value for h in at.header], "signed in, the queue is the first page"
+    at.switch_page("screens/history.py").run()
+    assert "history.filters" in at.session_state
     button(at, "Sign out").click()
     at.run()
     assert session.TOKEN not in at.session_state and "Sign in" in [b.label for b in at.button]
+    left = [k for k in at.session_state.keys() if k.split(".")[0] in ("history", "running", "gpus", "queue")]
+    assert left == [], "what the pages kept goes with the sign-in"
+    assert at.session_state[session.API_URL] == stack.url
 
 
 def test_an_api_that_is_down_is_named_with_what_to_do(stack: Stack) -> None:

@@ -117,11 +117,18 @@ def _cookie(name: str) -> str | None:
 
 
 def sign_out(message: str | None = None) -> None:
+    """Forget the sign-in and everything the pages kept for it (filters, series, forms), but not the API."""
     sid = st.session_state.get(SID)
     if sid:
         BOOK.forget(sid)
-    for key in (TOKEN, USER, SID, TICKET, "gpuyard.client"):
-        st.session_state.pop(key, None)
+    cached = st.session_state.get("gpuyard.client")
+    if cached is not None:
+        cached[1].close()
+    url = st.session_state.get(API_URL)
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+    if url:
+        st.session_state[API_URL] = url
     if message:
         st.session_state[NOTICE] = message
 

@@ -431,3 +431,21 @@ def test_when_says_today_tomorrow_or_the_day() -> None:
         local_noon + timedelta(days=3)
     ).strftime("%a %d %b 12:00")
     assert views.when(None) == "-"
+
+
+def test_a_long_log_is_entered_near_its_end() -> None:
+    text = "".join(f"line {i}\n" for i in range(200_000))  # about 2.2 MB
+    reads: list[int] = []
+
+    def read(offset: int) -> dict[str, Any]:
+        reads.append(offset)
+        chunk = text[offset : offset + 256 * 1024]
+        return {"attempt": 1, "data": chunk, "next_offset": offset + len(chunk)}
+
+    tail = LogTail(max_lines=5)
+    tail.catch_up(read)
+    assert tail.text.splitlines() == [f"line {i}" for i in range(199_995, 200_000)]
+    assert len(reads) < 20 and all(line.startswith("line ") for line in tail.lines)
+    first_lines = LogTail()
+    first_lines.catch_up(lambda offset: {"attempt": 1, "data": "a\nb\n"[offset:], "next_offset": 4})
+    assert first_lines.text == "a\nb", "a short log is read whole, from its start"

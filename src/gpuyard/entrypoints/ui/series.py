@@ -27,6 +27,7 @@ class LogTail:
     lines: deque[str] = field(default_factory=deque)
     partial: str = ""
     complete: bool = False
+    _skip_partial: bool = False
 
     def feed(self, attempt: int, data: str, next_offset: int, *, complete: bool = False) -> None:
         if self.attempt is not None and attempt != self.attempt:  # a new attempt writes a new log
@@ -39,12 +40,21 @@ class LogTail:
             return
         parts = (self.partial + data).split("\n")
         self.partial = parts.pop()
+        if self._skip_partial and parts:  # entered mid-line: the first piece is no whole line
+            parts.pop(0)
+            self._skip_partial = False
         self.lines.extend(parts)
         while len(self.lines) > self.max_lines:
             self.lines.popleft()
 
     def catch_up(self, read: LogReader, *, max_reads: int = 8) -> None:
-        """Read on until the log has nothing new (or `max_reads` chunks, to keep a refresh short)."""
+        """Read on until the log has nothing new (or `max_reads` chunks, to keep a refresh short). The
+        first time, a long log is entered near its end: a tail needs no megabytes from the start."""
+        if self.attempt is None and self.offset == 0:
+            self.offset = tail_offset(read)
+            if self.offset:
+                self.partial = ""
+                self._skip_partial = True
         for _ in range(max_reads):
             page = read(self.offset)
             attempt = int(page["attempt"])
@@ -59,6 +69,24 @@ class LogTail:
     def text(self) -> str:
         lines = [*self.lines, self.partial] if self.partial else list(self.lines)
         return "\n".join(lines[-self.max_lines :])
+
+
+def tail_offset(read: LogReader, *, full_page: int = 200_000, keep: int = 64 * 1024) -> int:
+    """An offset at most `keep` bytes (or one page) before the end of a log: 0 for a short log (one read),
+    else found by doubling, then halving, offsets until one is past the end (a read there is empty)."""
+    first = read(0)
+    if len(first["data"]) < full_page:
+        return 0
+    has_data, past_end = int(first["next_offset"]), 2 * int(first["next_offset"])
+    while read(past_end)["data"]:
+        has_data, past_end = past_end, past_end * 2
+    while past_end - has_data > keep:
+        middle = (has_data + past_end) // 2
+        if read(middle)["data"]:
+            has_data = middle
+        else:
+            past_end = middle
+    return has_data
 
 
 def read_all(read: LogReader, *, max_bytes: int = 16 * 1024 * 1024) -> tuple[str, bool]:

@@ -66,7 +66,9 @@ def test_sign_in_says_what_is_wrong_then_lets_a_valid_token_in(stack: Stack) -> 
 
 def test_an_api_that_is_down_is_named_with_what_to_do(stack: Stack) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    at = sign_in(app(down).run(), stack.admin_token)
+    at = app(down).run()
+    assert f"Cannot reach the gpuyard API at {down}" in at.warning[0].value, "said before anyone signs in"
+    at = sign_in(at, stack.admin_token)
     assert_no_exception(at)
     assert f"Cannot reach the gpuyard API at {down}" in errors(at) and "gpuyard up" in errors(at)
     at = open_page(stack, stack.admin_token, "queue.py")  # signed in, then the API goes away
@@ -165,7 +167,12 @@ def test_queue_lists_the_line_and_manages_a_waiting_job(stack: Stack, alice: str
     button(at, "Release").click()
     at.run()
     assert stack.job(mine)["held"] is False
-    assert "urgent" not in at.selectbox(key=f"queue.priority.{mine}").options, "urgent is for admins"
+    at.selectbox(key=f"queue.priority.{mine}").select("urgent")
+    button(at, "Set priority").click()
+    at.run()
+    assert_no_exception(at)
+    assert f"Could not change the priority of job {mine}." in errors(at) and "admin" in errors(at)
+    assert stack.job(mine)["priority"] == "normal"
     at.selectbox(key=f"queue.priority.{mine}").select("high")
     button(at, "Set priority").click()
     at.run()

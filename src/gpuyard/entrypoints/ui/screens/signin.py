@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from gpuyard.client import ApiError
+from gpuyard.client import ApiError, Client
 from gpuyard.entrypoints.ui import session
 
 
@@ -14,6 +14,7 @@ def render() -> None:
         "Training jobs on the shared GPU workstation. Sign in with your token to submit and follow jobs."
     )
     session.show_notice()
+    _api_status()
     with st.form("signin.form", enter_to_submit=True):
         token = st.text_input("Token", type="password", key="signin.token", placeholder="gy_…")
         submitted = st.form_submit_button("Sign in", type="primary")
@@ -23,6 +24,23 @@ def render() -> None:
     )
     if submitted:
         _sign_in((token or "").strip())
+
+
+def _api_status() -> None:
+    """Say before anyone types a token when the API is down, or up without its broker."""
+    try:
+        with Client(session.api_url(), None, timeout_s=session.config().timeout_s) as probe:
+            health = probe.ready()
+    except Exception as e:  # noqa: BLE001 - said in words
+        st.warning(session.problem(e), icon=":material/cloud_off:")
+        return
+    problems = [f"{name}: {state}" for name, state in (health.get("checks") or {}).items() if state != "ok"]
+    if problems:
+        st.info(
+            f"gpuyard answers, but not everything is ready ({'; '.join(problems)}). You can sign in; "
+            "jobs are accepted and start once it is.",
+            icon=":material/info:",
+        )
 
 
 def _sign_in(token: str) -> None:

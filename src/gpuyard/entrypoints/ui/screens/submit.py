@@ -30,7 +30,7 @@ def render() -> None:
         gpus = gpus_col.number_input(
             "GPUs", min_value=0, max_value=64, value=1, step=1, key="submit.gpus", persist_state="session"
         )
-        levels = PRIORITIES if session.is_admin() else tuple(p for p in PRIORITIES if p != "urgent")
+        levels = PRIORITIES  # who may use urgent is the API's rule: a refusal says so
         priority = priority_col.selectbox(
             "Priority", levels, index=levels.index("normal"), key="submit.priority", persist_state="session"
         )

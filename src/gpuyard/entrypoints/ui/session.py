@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -39,7 +38,7 @@ def config() -> UiConfig:
     from gpuyard.settings import Settings
 
     settings = Settings()
-    api_url = settings.ui_api_url or os.environ.get("GPUYARD_URL") or discover()[0]
+    api_url = settings.ui_api_url or discover()[0]  # GPUYARD_URL, else the data dir's api_url
     return UiConfig(
         api_url=api_url.rstrip("/"), refresh_s=settings.ui_refresh_s, timeout_s=settings.ui_api_timeout_s
     )

@@ -171,7 +171,9 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
 
     me.go("GPUs")
     me.see("GPUs in use by gpuyard jobs")
-    me.shot("07-gpus", showing="stVegaLiteChart")
+    me.see("so far, up to an hour")
+    me.page.locator('[data-testid="stDataFrame"] canvas').first.wait_for()
+    me.shot("07-gpus", showing="stVegaLiteChart")  # drawn from the second sample on
 
     stack.wait_state(job["id"], "succeeded", timeout_s=120)
     me.go("History")

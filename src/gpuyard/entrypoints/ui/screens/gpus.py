@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import altair as alt
 import streamlit as st
 
 from gpuyard.entrypoints.cli import format as fmt
@@ -14,7 +17,7 @@ COLUMNS = {
     "GPU": st.column_config.NumberColumn("GPU", width="small"),
     "util %": st.column_config.ProgressColumn("utilization", min_value=0, max_value=100, format="%d%%"),
     "memory": st.column_config.ProgressColumn("memory", min_value=0.0, max_value=1.0, format="percent"),
-    "job": st.column_config.TextColumn("held by", width="large"),
+    "job": st.column_config.TextColumn("held by", width="medium"),
 }
 
 
@@ -42,13 +45,31 @@ def _gpus() -> None:
     span = fmt.duration(samples.span().total_seconds())
     st.subheader("Over the last hour")
     st.caption(f"What this page has seen since it was opened ({span} so far, up to an hour).")
+    if samples.span().total_seconds() < 1:
+        st.caption("The charts fill in as the page refreshes.")
+        return
     load, memory = st.columns(2)
     with load:
         st.markdown("**Utilization %**")
-        st.line_chart(samples.rows("utilization"), x="time", y="percent", color="GPU", height=260)
+        st.altair_chart(_chart(samples.rows("utilization")))
     with memory:
         st.markdown("**Memory used %**")
-        st.line_chart(samples.rows("memory"), x="time", y="percent", color="GPU", height=260)
+        st.altair_chart(_chart(samples.rows("memory")))
+
+
+def _chart(rows: list[dict[str, Any]]) -> alt.Chart:
+    """Percent over clock time, one line a GPU."""
+    values = [{**row, "time": row["time"].isoformat()} for row in rows]
+    chart: alt.Chart = (
+        alt.Chart(alt.InlineData(values=values), height=240)
+        .mark_line()
+        .encode(
+            x=alt.X("time:T", title=None, axis=alt.Axis(format="%H:%M:%S")),
+            y=alt.Y("percent:Q", title=None, scale=alt.Scale(domain=[0, 100])),
+            color=alt.Color("GPU:N"),
+        )
+    )
+    return chart
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ apt_install() {
     local why="$1"
     shift
     if [[ $(id -u) -ne 0 ]]; then
+        local servers=""
+        [[ "$*" == chromium ]] || servers="
+  (or set GPUYARD_TEST_AMQP_URL / GPUYARD_TEST_PG_URL to servers you have)"
         die "$why. Install it with:
-    sudo apt-get update && sudo apt-get install -y $*
-  (or set GPUYARD_TEST_AMQP_URL / GPUYARD_TEST_PG_URL to servers you have), then run this again."
+    sudo apt-get update && sudo apt-get install -y $*$servers, then run this again."
     fi
     command -v apt-get >/dev/null 2>&1 || die "$why, and this is not a Debian/Ubuntu system: install $* yourself"
     say "$why: installing $* with apt-get (a minute or two)"
@@ -52,6 +54,11 @@ else:
         apt_install "no PostgreSQL lets user postgres in on 127.0.0.1:5432 and initdb/pg_ctl are not installed" \
             postgresql
     fi
+fi
+
+# The browser test of the web UI drives Debian's Chromium (Playwright's own browser download is not used).
+if [[ ! -x /usr/bin/chromium ]]; then
+    apt_install "the web UI's browser test needs Chromium at /usr/bin/chromium" chromium
 fi
 
 if [[ $# -eq 0 ]]; then

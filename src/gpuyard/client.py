@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -116,7 +117,11 @@ class Client:
         user: str | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        name: str | None = None,
+        submitted_after: datetime | None = None,
+        submitted_before: datetime | None = None,
     ) -> dict[str, Any]:
+        """A page of jobs, newest first; `name` matches part of the name. Pass `next_cursor` as `cursor`."""
         params: dict[str, Any] = {"limit": limit}
         if states:
             params["state"] = ",".join(states)
@@ -124,6 +129,12 @@ class Client:
             params["user"] = user
         if cursor:
             params["cursor"] = cursor
+        if name:
+            params["name"] = name
+        if submitted_after is not None:
+            params["submitted_after"] = submitted_after.isoformat()
+        if submitted_before is not None:
+            params["submitted_before"] = submitted_before.isoformat()
         result: dict[str, Any] = self._request("GET", "/api/v1/jobs", params=params)
         return result
 

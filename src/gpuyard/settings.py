@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPUYARD_", extra="ignore")
 
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the database, job output and tokens live.")
-    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    host: str = Field("127.0.0.1", description="Address the API and the web UI listen on.")
     port: int = Field(8765, ge=1, le=65535, description="Port the API listens on.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite+aiosqlite:///DATA_DIR/gpuyard.db."
@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     )
     tensorboard_url: str | None = Field(
         None, description="Where a TensorBoard over TENSORBOARD_DIR is served, for links to each job's run."
+    )
+    ui: bool = Field(True, description="`gpuyard up` starts the web UI too.")
+    ui_port: int = Field(8766, ge=1, le=65535, description="Port the web UI listens on.")
+    ui_api_url: str | None = Field(
+        None, description="The API the web UI talks to; default: GPUYARD_URL, else this data dir's api_url."
+    )
+    ui_refresh_s: float = Field(2.0, ge=0.5, description="How often the web UI's tables refresh themselves.")
+    ui_api_timeout_s: float = Field(
+        5.0, gt=0, description="How long the web UI waits for the API before saying it is slow."
     )
 
     @field_validator("data_dir")

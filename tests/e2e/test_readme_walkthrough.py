@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gpuyard.adapters.broker.local import free_port
@@ -87,8 +88,11 @@ def service(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 def test_run_command_announces_everything(service) -> None:  # type: ignore[no-untyped-def]
     _, _, log_path = service
     text = log_path.read_text()
-    for expected in ("API:", "FAKE GPU BACKEND", "GPU backend: fake (4 virtual GPUs", "admin token:"):
+    shown = ("web UI:", "API:", "FAKE GPU BACKEND", "GPU backend: fake (4 virtual GPUs", "admin token:")
+    for expected in shown:
         assert expected in text
+    ui_url = text.split("web UI:")[1].split()[0]
+    assert httpx.get(f"{ui_url}/_stcore/health", timeout=10).status_code == 200, "the web UI answers"
     token_file = Path(text.split("admin token: ")[1].split(" ")[0])
     assert token_file.stat().st_mode & 0o077 == 0, "the admin token is readable by its owner only"
 

@@ -215,7 +215,16 @@ class JobService:
         return job
 
     async def list_jobs(
-        self, user: User, *, states: list[str], owner: str | None, before_id: int | None, limit: int
+        self,
+        user: User,
+        *,
+        states: list[str],
+        owner: str | None,
+        before_id: int | None,
+        limit: int,
+        name: str | None = None,
+        submitted_after: datetime | None = None,
+        submitted_before: datetime | None = None,
     ) -> list[Row]:
         if not user.is_admin:
             if owner not in (None, user.name):
@@ -223,7 +232,14 @@ class JobService:
             owner = user.name
         async with self._db.read() as conn:
             return await jobs_repo.list_jobs(
-                conn, states=states, user=owner, before_id=before_id, limit=limit
+                conn,
+                states=states,
+                user=owner,
+                before_id=before_id,
+                limit=limit,
+                name=name,
+                submitted_after=submitted_after,
+                submitted_before=submitted_before,
             )
 
     async def cancel(self, user: User, job_id: int) -> Row:

@@ -78,13 +78,23 @@ async def list_jobs(
     before_id: int | None = None,
     limit: int = 50,
     newest_first: bool = True,
+    name: str | None = None,
+    submitted_after: datetime | None = None,
+    submitted_before: datetime | None = None,
 ) -> list[Row]:
-    """A page of jobs; `before_id` is the cursor (ids below it when newest first, above otherwise)."""
+    """A page of jobs; `before_id` is the cursor (ids below it when newest first, above otherwise).
+    `name` matches part of a job's name, in any case."""
     query = _jobs_query()
     if states:
         query = query.where(jobs.c.state.in_(list(states)))
     if user is not None:
         query = query.where(users.c.name == user)
+    if name:
+        query = query.where(func.lower(jobs.c.name).contains(name.lower(), autoescape=True))
+    if submitted_after is not None:
+        query = query.where(jobs.c.submitted_at >= submitted_after)
+    if submitted_before is not None:
+        query = query.where(jobs.c.submitted_at < submitted_before)
     if before_id is not None:
         query = query.where(jobs.c.id < before_id if newest_first else jobs.c.id > before_id)
     query = query.order_by(jobs.c.id.desc() if newest_first else jobs.c.id).limit(limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -120,6 +121,11 @@ def job_public(row: dict[str, Any], controller: Controller) -> JobPublic:
     return JobPublic(**_job_fields(row, tensorboard_url=controller.settings.tensorboard_url))
 
 
+def _aware(at: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC, as every time the API gives is."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
 def _parse_states(values: list[str]) -> list[str]:
     states = [s.strip() for v in values for s in v.split(",") if s.strip()]
     known = {s.value for s in JobState}
@@ -169,6 +175,9 @@ async def list_jobs(
     owner: Annotated[str | None, Query(alias="user", description="Filter by owner (admins).")] = None,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    name: Annotated[str | None, Query(max_length=200, description="Part of the name, any case.")] = None,
+    submitted_after: Annotated[datetime | None, Query(description="Submitted at or after this time.")] = None,
+    submitted_before: Annotated[datetime | None, Query(description="Submitted before this time.")] = None,
 ) -> JobsPublic:
     """Jobs, newest first. Users see their own; admins anyone's."""
     before_id = None
@@ -177,7 +186,14 @@ async def list_jobs(
             raise InvalidJobSpec("The cursor is invalid: pass the `next_cursor` of the previous page.")
         before_id = int(cursor)
     rows = await controller.jobs.list_jobs(
-        user, states=_parse_states(state), owner=owner, before_id=before_id, limit=limit + 1
+        user,
+        states=_parse_states(state),
+        owner=owner,
+        before_id=before_id,
+        limit=limit + 1,
+        name=name,
+        submitted_after=_aware(submitted_after),
+        submitted_before=_aware(submitted_before),
     )
     page = rows[:limit]
     next_cursor = str(page[-1]["id"]) if len(rows) > limit else None

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -177,9 +178,13 @@ def up(
             "--tensorboard-port", help="Also serve TensorBoard on this port [GPUYARD_TENSORBOARD_PORT]."
         ),
     ] = None,
+    ui_port: Annotated[int | None, typer.Option("--ui-port", help="Web UI port [GPUYARD_UI_PORT].")] = None,
+    with_ui: Annotated[
+        bool | None, typer.Option("--ui/--no-ui", help="Start the web UI too [GPUYARD_UI, yes].")
+    ] = None,
 ) -> None:
-    """Start RabbitMQ (if none answers), the controller and this machine's worker, in the foreground.
-    Ctrl-C stops them all."""
+    """Start RabbitMQ (if none answers), the controller, this machine's worker and the web UI, in the
+    foreground. Ctrl-C stops them all."""
     from gpuyard.adapters.broker.local import (
         INSTALL_HINT,
         LocalRabbitmq,
@@ -198,6 +203,7 @@ def up(
         broker=broker,
         tensorboard_port=tensorboard_port,
     )
+    _apply(ui_port=ui_port, ui=None if with_ui is None else str(with_ui).lower())
     settings = _settings()
     configure_logging(settings.log_level, "up")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -269,12 +275,21 @@ def up(
         if settings.tensorboard_port:
             start("tensorboard")
         (settings.data_dir / "api_url").write_text(settings.api_url + "\n")
-        _announce(settings, gpu_note=gpu_note, broker_note=broker_note, is_fake=is_fake)
+        ui_note = _start_ui(settings, start) if settings.ui else None
+        _announce(settings, gpu_note=gpu_note, broker_note=broker_note, is_fake=is_fake, ui_note=ui_note)
         while not stopping:
-            for role, proc in children:
-                if proc.poll() is not None:
-                    err.print(f"error: the {role} exited with status {proc.returncode}; stopping gpuyard.")
-                    stopping, code = True, 1
+            for role, proc in list(children):
+                if proc.poll() is None:
+                    continue
+                if role == "ui":  # the API and the jobs do not depend on it: keep them running
+                    err.print(
+                        f"error: the web UI exited with status {proc.returncode}; the API and the worker "
+                        "keep running. Start the UI again with `gpuyard ui`."
+                    )
+                    children.remove((role, proc))
+                    continue
+                err.print(f"error: the {role} exited with status {proc.returncode}; stopping gpuyard.")
+                stopping, code = True, 1
             time.sleep(0.2)
     finally:
         err.print("Stopping gpuyard…")
@@ -284,6 +299,24 @@ def up(
             local.stop()
         if code:
             raise typer.Exit(code)
+
+
+def _start_ui(settings: Settings, start: Callable[[str], subprocess.Popen[bytes]]) -> str:
+    """Start the web UI as a child; say where it is (or why it is not there)."""
+    from gpuyard.adapters.broker.local import free_port
+    from gpuyard.entrypoints.ui.launch import port_free, ui_url, wait_healthy
+
+    port = settings.ui_port
+    if not port_free(settings.host, port):
+        port = free_port()
+        err.print(f"Port {settings.ui_port} is taken (another gpuyard?): the web UI uses port {port}.")
+    os.environ["GPUYARD_UI_PORT"] = str(port)
+    os.environ["GPUYARD_UI_API_URL"] = settings.api_url
+    proc = start("ui")
+    url = ui_url(settings.host, port)
+    if wait_healthy(url, timeout_s=60, alive=lambda: proc.poll() is None):
+        return f"{url}  (sign in with the admin token below, or your own)"
+    return f"{url} did not start; see its log above (the API and the worker run without it)"
 
 
 def _wait_ready(api_url: str, proc: subprocess.Popen[bytes], stopping: object) -> bool:
@@ -311,9 +344,12 @@ def _stop_child(role: str, proc: subprocess.Popen[bytes], timeout_s: float) -> N
             proc.wait()
 
 
-def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: bool) -> None:
+def _announce(
+    settings: Settings, *, gpu_note: str, broker_note: str, is_fake: bool, ui_note: str | None
+) -> None:
     lines = [
         "gpuyard is up.",
+        f"  web UI:      {ui_note}" if ui_note else "  web UI:      off (GPUYARD_UI=false or --no-ui)",
         f"  API:         {settings.api_url}  (OpenAPI docs: {settings.api_url}/docs)",
         f"  GPU backend: {gpu_note}",
         f"  broker:      {broker_note}",
@@ -323,7 +359,7 @@ def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: b
         f"  data dir:    {settings.data_dir}",
         f"  try:         export GPUYARD_DATA_DIR={settings.data_dir}",
         "               gpuyard submit --gpus 1 -- python examples/train_digits.py",
-        "Ctrl-C stops everything.",
+        "Ctrl-C stops gpuyard; jobs still running keep running and the next start picks them up.",
     ]
     if settings.tensorboard_port:
         tb_url = os.environ.get("GPUYARD_TENSORBOARD_URL", settings.tensorboard_url or "")
@@ -331,7 +367,7 @@ def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: b
     if is_fake:
         banner = "!" * 78
         why = "no NVIDIA GPU was found" if settings.gpu_backend == "auto" else "it was chosen"
-        lines[2:2] = [
+        lines[3:3] = [
             banner,
             f"!! FAKE GPU BACKEND ({why}): gpuyard simulates {settings.fake_gpus} GPUs;",
             "!! jobs get CUDA_VISIBLE_DEVICES but run on the CPU.",
@@ -340,8 +376,34 @@ def _announce(settings: Settings, *, gpu_note: str, broker_note: str, is_fake: b
     print("\n".join(lines), flush=True)
 
 
+def ui(
+    api: Annotated[
+        str | None,
+        typer.Option("--api", help="The API's URL [GPUYARD_UI_API_URL, GPUYARD_URL, the data dir's]."),
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Web UI port [GPUYARD_UI_PORT, 8766].")] = None,
+) -> None:
+    """Run the web UI alone, against a gpuyard API (`gpuyard up` starts it too)."""
+    from gpuyard.client import discover
+    from gpuyard.entrypoints.ui.launch import port_free, streamlit_argv, ui_url
+
+    _apply(ui_api_url=api, ui_port=port)
+    settings = _settings()
+    api_url = settings.ui_api_url or discover()[0]
+    os.environ["GPUYARD_UI_API_URL"] = api_url
+    if not port_free(settings.host, settings.ui_port):
+        err.print(f"error: port {settings.ui_port} is taken: pick another with --port (or GPUYARD_UI_PORT).")
+        raise typer.Exit(2)
+    err.print(f"gpuyard web UI: {ui_url(settings.host, settings.ui_port)} (API: {api_url})")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    argv = streamlit_argv(host=settings.host, port=settings.ui_port)
+    os.execv(argv[0], argv)  # Streamlit takes over this process, signals included
+
+
 def register(app: typer.Typer) -> None:
     app.command()(up)
+    app.command()(ui)
     app.command()(controller)
     app.command("api", help="Same as `controller`.")(controller)
     worker_app = typer.Typer(

@@ -1,0 +1,123 @@
+"""Listings of GPUs and of finished jobs: API results in, table rows and sentences out (no Streamlit)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gpuyard.entrypoints.cli import format as fmt
+from gpuyard.entrypoints.ui.views import STATE_WORDS, Job, ago, parse_time
+
+# GPUs
+
+
+def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, Any]]:
+    rows = []
+    for g in gpus:
+        if g.get("job_id"):
+            owner = "you" if g["job_user"] == me else g["job_user"]
+            holder = f"job {g['job_id']} · {g['job_name']} ({owner})"
+        else:
+            holder = "free" if g["node_online"] else "-"
+        outside = ", ".join(
+            f"pid {p['pid']} ({p.get('user') or '?'}"
+            + (f", {p['used_memory_mib']} MiB" if p.get("used_memory_mib") else "")
+            + ")"
+            for p in g.get("outside_processes") or []
+        )
+        total = g.get("memory_total_mib") or 0
+        rows.append(
+            {
+                "node": g["node"] if g["node_online"] else f"{g['node']} (offline)",
+                "GPU": g["index"],
+                "model": g["name"],
+                "job": holder,
+                "util %": g.get("utilization_pct"),
+                "memory": (g.get("memory_used_mib") or 0) / total if total else None,
+                "memory MiB": f"{g.get('memory_used_mib', 0)} / {total}",
+                "outside gpuyard": outside or "-",
+            }
+        )
+    return rows
+
+
+def node_notes(nodes: Iterable[Mapping[str, Any]], *, now: datetime) -> list[str]:
+    """One line per offline node: what it means and what to do."""
+    return [
+        f"Node {n['name']} is offline (last heard from {ago(n.get('last_seen_at'), now=now)}): its "
+        f"{n['gpus']} GPUs get no new jobs. Check that `gpuyard worker` runs there."
+        for n in nodes
+        if not n["online"]
+    ]
+
+
+def gpu_summary(payload: Mapping[str, Any]) -> str:
+    gpus = payload.get("gpus") or []
+    if not gpus:
+        return "No worker node has reported its GPUs yet: is `gpuyard worker` (or `gpuyard up`) running?"
+    online = [g for g in gpus if g["node_online"]]
+    busy = [g for g in online if g.get("job_id")]
+    outside = [g for g in online if g.get("outside_processes")]
+    text = f"{len(busy)} of {len(online)} GPUs in use by gpuyard jobs"
+    if outside:
+        text += f"; {len(outside)} with processes outside gpuyard"
+    offline = len(gpus) - len(online)
+    if offline:
+        text += f"; {offline} on offline nodes"
+    return text + "."
+
+
+# history
+
+
+def history_rows(jobs: Iterable[Job], *, me: str) -> list[dict[str, Any]]:
+    rows = []
+    for j in jobs:
+        rows.append(
+            {
+                "job": j["id"],
+                "name": j["name"],
+                "owner": "you" if j["user"] == me else j["user"],
+                "state": STATE_WORDS.get(j["state"], j["state"]),
+                "exit": j.get("exit_code"),
+                "failure": j.get("failure_class") or "",
+                "attempts": j.get("attempt"),
+                "GPUs": j["gpus"],
+                "submitted": fmt.clock(j.get("submitted_at")),
+                "duration": fmt.duration(_run_seconds(j)),
+            }
+        )
+    return rows
+
+
+def _run_seconds(job: Job) -> float | None:
+    start, end = parse_time(job.get("started_at")), parse_time(job.get("finished_at"))
+    return (end - start).total_seconds() if start and end else None
+
+
+def attempt_rows(attempts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "attempt": a["number"],
+            "node": a["node"],
+            "GPUs": ", ".join(map(str, a["gpu_indices"])),
+            "started": fmt.clock(a.get("started_at")),
+            "ended": fmt.clock(a.get("ended_at")),
+            "exit": a.get("exit_code"),
+            "signal": a.get("signal"),
+            "failure": a.get("failure_class") or "",
+        }
+        for a in attempts
+    ]
+
+
+def day_bounds(first: Any, last: Any) -> tuple[datetime | None, datetime | None]:
+    """A range of local calendar days (date objects or None) as [start, end) in UTC."""
+
+    def start_of(day: Any) -> datetime:
+        return datetime(day.year, day.month, day.day).astimezone().astimezone(UTC)
+
+    after = start_of(first) if first else None
+    before = start_of(last + timedelta(days=1)) if last else None
+    return after, before

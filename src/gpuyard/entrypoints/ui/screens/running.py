@@ -1,0 +1,131 @@
+"""Running: each running job with progress and estimated end; follow one's log tail and metric curves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import streamlit as st
+
+from gpuyard.entrypoints.ui import session, views
+from gpuyard.entrypoints.ui.series import LogTail, MetricSeries
+from gpuyard.entrypoints.ui.widgets import live
+
+TAILS = "running.tails"
+SERIES = "running.series"
+
+
+def render() -> None:
+    st.header("Running")
+    st.caption("Jobs holding GPUs now, yours first. The page refreshes by itself.")
+    live(_running)
+
+
+def _running() -> None:
+    session.show_notice()
+    page = session.call(
+        lambda c: c.jobs(states=views.RUNNING_STATES, limit=500), what="load the running jobs"
+    )
+    if page is None:
+        return
+    now = views.utc_now()
+    me = session.my_name()
+    jobs: list[dict[str, Any]] = sorted(page["data"], key=lambda j: (j["user"] != me, j["id"]))
+    series: dict[int, MetricSeries] = st.session_state.setdefault(SERIES, {})
+    tails: dict[int, LogTail] = st.session_state.setdefault(TAILS, {})
+    for gone in [i for i in [*series, *tails] if i not in {j["id"] for j in jobs}]:  # ended: let go
+        series.pop(gone, None)
+        tails.pop(gone, None)
+    for job in jobs:
+        series.setdefault(job["id"], MetricSeries()).observe(job)
+    if not jobs:
+        st.info("No job is running." if session.is_admin() else "No job of yours is running.")
+    for job in jobs:
+        _card(job, now=now)
+    if not session.is_admin():
+        _others({j["id"] for j in jobs})
+    if jobs:
+        _follow(jobs, series)
+
+
+def _card(job: dict[str, Any], *, now: datetime) -> None:
+    view = views.running_view(job, now=now)
+    with st.container(border=True):
+        head, stop = st.columns([6, 1], vertical_alignment="center")
+        owner = "you" if view.owner == session.my_name() else view.owner
+        head.markdown(f"**{view.title}** · {owner} · {view.gpus} · elapsed {view.elapsed} · ends {view.ends}")
+        if (
+            views.may_act(job, me=session.my_name(), is_admin=session.is_admin())
+            and not job["cancel_requested"]
+        ):
+            job_id = view.job_id
+            stop.button(
+                "Cancel",
+                key=f"running.cancel.{job_id}",
+                icon=":material/stop_circle:",
+                on_click=session.act,
+                args=(lambda c: c.cancel(job_id),),
+                kwargs={
+                    "done": f"Job {job_id}: stopping (cancel sent to its worker).",
+                    "what": f"cancel job {job_id}",
+                },
+            )
+        elif job["cancel_requested"]:
+            stop.caption("stopping…")
+        st.progress(view.progress or 0.0, text=view.progress_text)
+        if view.metrics:
+            st.caption(" · ".join(f"{k} {_short(v)}" for k, v in view.metrics.items()))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _others(shown: set[int]) -> None:
+    gpus = session.call(lambda c: c.gpus(), what="load who holds the GPUs")
+    if gpus is None:
+        return
+    rows = views.others_running(gpus["gpus"], shown=shown)
+    if rows:
+        st.subheader("Other people's running jobs")
+        st.dataframe(rows, hide_index=True)
+
+
+def _follow(jobs: list[dict[str, Any]], series: dict[int, MetricSeries]) -> None:
+    st.subheader("Follow a job")
+    by_id = {j["id"]: j for j in jobs}
+    job_id = st.selectbox(
+        "Job",
+        list(by_id),
+        format_func=lambda i: f"{i} · {by_id[i]['name']} ({by_id[i]['user']})",
+        key="running.follow",
+    )
+    if job_id is None or job_id not in by_id:
+        return
+    logs, curves = st.columns(2)
+    with logs:
+        st.markdown("**Output** (last lines)")
+        tails: dict[int, LogTail] = st.session_state.setdefault(TAILS, {})
+        tail = tails.setdefault(job_id, LogTail())
+        try:
+            tail.catch_up(lambda offset: session.client().logs(job_id, offset=offset))
+        except Exception as e:  # noqa: BLE001 - shown in words
+            st.error(f"Could not read the output of job {job_id}. {session.problem(e)}")
+        st.code(tail.text or "(no output yet)", language=None, height=360)
+    with curves:
+        st.markdown("**Metrics over steps** (as reported with gpuyard.report)")
+        points = series[job_id].points
+        names = series[job_id].names()
+        if len(points) >= 2 and names:
+            st.line_chart(points, x="step", y=names, height=360)
+        elif names or by_id[job_id].get("metrics"):
+            st.caption("The curves appear with the job's next report.")
+        else:
+            st.caption(
+                "No metrics reported yet: a job reports them with gpuyard.report(step=, total=, loss=…). "
+                "The curves show what this page has seen since it was opened."
+            )
+
+
+if __name__ == "__main__":
+    render()

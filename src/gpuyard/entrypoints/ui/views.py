@@ -1,0 +1,278 @@
+"""View models: API results in, table rows and sentences out. No Streamlit here, so it is unit-tested."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from gpuyard.client import ApiError, ApiUnreachable
+from gpuyard.entrypoints.cli import format as fmt
+
+Job = Mapping[str, Any]
+FINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out")
+RUNNING_STATES = ("dispatched", "running")
+STATE_WORDS = {
+    "queued": "waiting",
+    "dispatched": "starting",
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "timed_out": "timed out",
+}
+
+
+def describe_error(error: BaseException, *, api_url: str, timeout_s: float) -> str:
+    """What went wrong and what to do, in words for the page (never a traceback)."""
+    if isinstance(error, ApiUnreachable):
+        if isinstance(error.__cause__, httpx.TimeoutException):
+            return (
+                f"The gpuyard API at {api_url} did not answer within {timeout_s:g} s: it is busy or stuck. "
+                "This page tries again by itself; if it stays this way, look at the controller's log "
+                "(the terminal that runs `gpuyard up`)."
+            )
+        return (
+            f"Cannot reach the gpuyard API at {api_url}: it is not running or not at this address. "
+            "Start it with `gpuyard up` (or `scripts/run.sh`); this page reconnects by itself once it is up."
+        )
+    if isinstance(error, ApiError):
+        if error.status == 401:
+            return (
+                "This token is not valid: check that you pasted all of it (it starts with gy_). "
+                "An admin creates tokens with `gpuyard admin user add NAME`; the admin's own is in "
+                "DATA_DIR/admin.token."
+            )
+        return error.detail
+    return (
+        f"Something went wrong in this page ({error.__class__.__name__}). Reload the page; if it happens "
+        "again, the UI's log has the details."
+    )
+
+
+# times
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return fmt.parse_time(value)
+
+
+def when(value: str | None, *, now: datetime | None = None) -> str:
+    """A time as people say it, in this machine's time zone: '14:05', 'tomorrow 00:54', 'Mon 07 Dec 09:00'."""
+    at = parse_time(value)
+    if at is None:
+        return "-"
+    local = at.astimezone()
+    today = (now or utc_now()).astimezone().date()
+    if local.date() == today:
+        return local.strftime("%H:%M")
+    if local.date() == today + timedelta(days=1):
+        return local.strftime("tomorrow %H:%M")
+    return local.strftime("%a %d %b %H:%M")
+
+
+def ago(value: str | None, *, now: datetime) -> str:
+    at = parse_time(value)
+    return "-" if at is None else f"{fmt.about((now - at).total_seconds())} ago"
+
+
+# submit and wait
+
+
+def wait_text(wait: Mapping[str, Any]) -> str:
+    """Where a waiting job stands and why: 'Job 7 is 3rd in line. Estimated start 14:05 ... Why: ...'."""
+    job_id, position = wait["id"], wait.get("position")
+    if wait.get("reason") == "starting" or position == 0:
+        return f"Job {job_id} is starting now."
+    place = place_text(position) if position else "waiting"
+    sentences = [
+        f"Job {job_id} is held ({place}): release it to let it start."
+        if wait.get("held")
+        else (f"Job {job_id} is {place}.")
+    ]
+    if wait.get("estimated_start_at"):
+        early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
+        between = f"between {when(early)} and {when(late)}" if band_text(wait) else ""
+        source = fmt.SOURCE_WORDS.get(wait.get("source") or "")
+        detail = "; ".join(d for d in (between, source) if d)
+        start = when(wait["estimated_start_at"])
+        detail = f" ({detail})" if detail else ""
+        sentences.append(f"Estimated start {start}{detail}, in {fmt.about(wait['estimated_wait_s'])}.")
+    elif not wait.get("held"):
+        sentences.append("No start can be foreseen yet.")
+    if wait.get("backfill"):
+        sentences.append("It goes ahead of earlier jobs: its time limit shows it delays none of them.")
+    if wait.get("reason") != "held" and wait.get("reason_text"):
+        sentences.append(f"Why: {wait['reason_text']}")
+    return " ".join(sentences)
+
+
+def job_status_text(job: Job) -> str:
+    """A job that is not waiting, in one sentence."""
+    job_id, state = job["id"], job["state"]
+    where = gpus_text(job)
+    if state == "dispatched":
+        return f"Job {job_id} started: it is being launched on {where}."
+    if state == "running":
+        return f"Job {job_id} is running on {where} since {when(job.get('started_at'))}."
+    if state == "queued":
+        return f"Job {job_id} is waiting."
+    ended = STATE_WORDS.get(state, state)
+    tail = f" (exit code {job['exit_code']})" if job.get("exit_code") not in (None, 0) else ""
+    return f"Job {job_id} {ended}{tail} at {when(job.get('finished_at'))}."
+
+
+def gpus_text(job: Job) -> str:
+    indices = job.get("gpu_indices")
+    if not indices or job.get("state") not in RUNNING_STATES:
+        return f"{job['gpus']} GPU{'s' if job['gpus'] != 1 else ''}"
+    word = "GPU" if len(indices) == 1 else "GPUs"
+    return f"{job.get('node')} {word} {', '.join(map(str, indices))}"
+
+
+# queue
+
+
+def queue_rows(entries: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, Any]]:
+    rows = []
+    for q in entries:
+        start = when(q.get("estimated_start_at"))
+        band = band_text(q)
+        rows.append(
+            {
+                "pos": q["position"],
+                "job": q["id"],
+                "owner": f"{q['user']} (you)" if q["user"] == me else q["user"],
+                "name": q["name"],
+                "GPUs": q["gpus"],
+                "priority": f"{q['priority']}, held" if q.get("held") else q["priority"],
+                "est. start": start + (f" ({band})" if band else ""),
+                "wait": fmt.about(q.get("estimated_wait_s")),
+                "why": "held: release it to let it start" if q.get("held") else q["reason_text"],
+            }
+        )
+    return rows
+
+
+def band_text(wait: Mapping[str, Any]) -> str:
+    """The range around an estimated start, short: '13:50–14:20' (dates only when not today)."""
+    early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
+    if not early or not late or early == late:
+        return ""
+    return f"{when(early)}–{when(late)}"
+
+
+def place_text(position: int) -> str:
+    return "next in line" if position == 1 else f"{fmt.ordinal(position)} in line"
+
+
+def may_act(item: Mapping[str, Any], *, me: str, is_admin: bool) -> bool:
+    return is_admin or item["user"] == me
+
+
+def queue_summary(entries: Sequence[Mapping[str, Any]], *, me: str) -> str:
+    if not entries:
+        return "Nobody is waiting: a job submitted now starts as soon as its GPUs are free."
+    mine = [q for q in entries if q["user"] == me]
+    text = f"{len(entries)} job{'s' if len(entries) != 1 else ''} waiting"
+    if mine:
+        first = mine[0]
+        start = when(first.get("estimated_start_at"))
+        text += f"; {len(mine)} of them yours, the first ({first['id']}) is {place_text(first['position'])}"
+        text += f", estimated start {start}" if first.get("estimated_start_at") else ""
+    return text + "."
+
+
+def job_choice(item: Mapping[str, Any]) -> str:
+    """How a job reads in a pick list."""
+    place = f", {place_text(item['position'])}" if item.get("position") else ""
+    return f"{item['id']} · {item['name']} ({item['user']}{place})"
+
+
+# running
+
+
+@dataclass(frozen=True)
+class RunningView:
+    job_id: int
+    title: str
+    owner: str
+    gpus: str
+    elapsed: str
+    progress: float | None
+    progress_text: str
+    ends: str
+    metrics: dict[str, Any]
+
+
+def estimated_end(job: Job, *, now: datetime) -> tuple[datetime | None, str]:
+    """When a running job should end, and from what: its progress rate, else its time limit."""
+    started = parse_time(job.get("started_at"))
+    if started is None:
+        return None, ""
+    limit_end = started + timedelta(seconds=job["time_limit_s"]) if job.get("time_limit_s") else None
+    p = job.get("progress")
+    elapsed_s = max((now - started).total_seconds(), 0.0)
+    if p is not None and 0 < p <= 1 and elapsed_s > 0:
+        end = started + timedelta(seconds=elapsed_s / p)
+        if limit_end is not None and end > limit_end:
+            return limit_end, "time limit (its progress rate would run past it)"
+        return end, "progress"
+    if limit_end is not None:
+        return limit_end, "time limit"
+    return None, ""
+
+
+def running_view(job: Job, *, now: datetime) -> RunningView:
+    started = parse_time(job.get("started_at"))
+    p = job.get("progress")
+    step, total = job.get("progress_step"), job.get("progress_total")
+    if p is not None:
+        progress_text = f"{p:.0%}" + (f" (step {_num(step)} of {_num(total)})" if total else "")
+    elif job["state"] == "dispatched":
+        progress_text = "starting"
+    else:
+        progress_text = "no progress reported (the job can call gpuyard.report(step=, total=))"
+    end, source = estimated_end(job, now=now)
+    if end is None:
+        ends = "unknown: no progress reported and no time limit"
+    else:
+        left_s = max((end - now).total_seconds(), 0.0)
+        ends = f"{when(end.isoformat(), now=now)} (in {fmt.about(left_s)}; from {source})"
+    return RunningView(
+        job_id=int(job["id"]),
+        title=f"Job {job['id']} · {job['name']}",
+        owner=str(job["user"]),
+        gpus=gpus_text(job),
+        elapsed=fmt.duration((now - started).total_seconds()) if started else "-",
+        progress=p,
+        progress_text=progress_text,
+        ends=ends,
+        metrics=dict(job.get("metrics") or {}),
+    )
+
+
+def _num(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def others_running(gpus: Iterable[Mapping[str, Any]], *, shown: set[int]) -> list[dict[str, Any]]:
+    """Running jobs not listed already (other people's), from who holds which GPU."""
+    by_job: dict[int, dict[str, Any]] = {}
+    for g in gpus:
+        job_id = g.get("job_id")
+        if job_id is None or job_id in shown:
+            continue
+        row = by_job.setdefault(
+            job_id,
+            {"job": job_id, "owner": g["job_user"], "name": g["job_name"], "node": g["node"], "GPUs": ""},
+        )
+        row["GPUs"] = f"{row['GPUs']}, {g['index']}" if row["GPUs"] else str(g["index"])
+    return [by_job[k] for k in sorted(by_job)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

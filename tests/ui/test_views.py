@@ -1,0 +1,451 @@
+"""The UI's page logic as plain functions: forms, sentences, rows, and the series kept between refreshes."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gpuyard.client import ApiError, ApiUnreachable
+from gpuyard.entrypoints.ui import listings, views
+from gpuyard.entrypoints.ui.forms import (
+    SubmitForm,
+    parse_command,
+    parse_env,
+    parse_submission,
+    requeue_submission,
+)
+from gpuyard.entrypoints.ui.series import GpuSamples, LogTail, MetricSeries, read_all
+
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("python train.py --lr 3e-4", ["python", "train.py", "--lr", "3e-4"]),
+        ("  python 'my script.py'  ", ["python", "my script.py"]),
+        ("python prep.py && python train.py > out.txt", "python prep.py && python train.py > out.txt"),
+        ("echo $HOME", "echo $HOME"),
+    ],
+)
+def test_parse_command(text: str, expected: object) -> None:
+    assert parse_command(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("", "Enter the command"), ("   ", "Enter the command"), ("python 'oops", "never closed")],
+)
+def test_parse_command_says_what_to_fix(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_command(text)
+
+
+def test_parse_env() -> None:
+    assert parse_env("A=1\n\n# note\n B = two=2 \n") == {"A": "1", "B": " two=2"}
+    for bad, says in [("NOPE", "line 1"), ("1X=2", "line 1"), ("OK=1\nGPUYARD_JOB_ID=3", "set by gpuyard")]:
+        with pytest.raises(ValueError, match=says):
+            parse_env(bad)
+
+
+def test_parse_submission_collects_every_problem(tmp_path: Path) -> None:
+    form = SubmitForm(
+        command="", gpus=0, priority="asap", workdir="relative/dir", env_text="X", time_limit="5 q"
+    )
+    submission, problems = parse_submission(form)
+    assert submission is None
+    text = " ".join(problems)
+    for says in (
+        "Enter the command",
+        "at least 1 GPU",
+        "Priority must be",
+        "absolute path",
+        "KEY=VALUE",
+        "Time limit",
+    ):
+        assert says in text
+    _, problems = parse_submission(SubmitForm(command="true", workdir=str(tmp_path / "missing")))
+    assert problems == [
+        f"The working directory {tmp_path / 'missing'} does not exist: create it or pick another."
+    ]
+
+
+def test_parse_submission(tmp_path: Path) -> None:
+    form = SubmitForm(
+        command="python train.py",
+        gpus=2,
+        priority="High",
+        name=" run ",
+        workdir=str(tmp_path),
+        env_text="SEED=1",
+        time_limit="1h30m",
+    )
+    submission, problems = parse_submission(form, base_env={"PATH": "/venv/bin", "SEED": "0"})
+    assert problems == [] and submission is not None
+    assert submission.command == ["python", "train.py"]
+    assert submission.kwargs() == {
+        "gpus": 2,
+        "priority": "high",
+        "name": "run",
+        "workdir": str(tmp_path),
+        "env": {"PATH": "/venv/bin", "SEED": "1"},
+        "time_limit_s": 5400,
+    }
+
+
+def test_requeue_submission_copies_the_spec() -> None:
+    job = {
+        "command": ["sh", "-c", "echo hi"],
+        "gpus": 2,
+        "priority": "low",
+        "name": "x",
+        "workdir": "/w",
+        "env": {"A": "1"},
+        "time_limit_s": 60,
+        "state": "failed",
+    }
+    submission = requeue_submission(job)
+    assert submission.command == ["sh", "-c", "echo hi"]
+    assert submission.kwargs() == {
+        "gpus": 2,
+        "priority": "low",
+        "name": "x",
+        "workdir": "/w",
+        "env": {"A": "1"},
+        "time_limit_s": 60,
+    }
+
+
+def test_describe_error() -> None:
+    url = "http://127.0.0.1:9"
+    down = ApiUnreachable(url, httpx.ConnectError("refused"))
+    down.__cause__ = httpx.ConnectError("refused")
+    slow = ApiUnreachable(url, httpx.ReadTimeout("slow"))
+    slow.__cause__ = httpx.ReadTimeout("slow")
+    assert "Cannot reach the gpuyard API at http://127.0.0.1:9" in views.describe_error(
+        down, api_url=url, timeout_s=5
+    )
+    assert "did not answer within 5 s" in views.describe_error(slow, api_url=url, timeout_s=5)
+    assert "not valid" in views.describe_error(
+        ApiError(401, "not_authenticated", "x"), api_url=url, timeout_s=5
+    )
+    assert (
+        views.describe_error(ApiError(409, "invalid_transition", "Job 3 is done."), api_url=url, timeout_s=5)
+        == "Job 3 is done."
+    )
+    text = views.describe_error(KeyError("boom"), api_url=url, timeout_s=5)
+    assert "KeyError" in text and "Traceback" not in text
+
+
+def wait(**over: Any) -> dict[str, Any]:
+    base = {
+        "id": 7,
+        "position": 3,
+        "held": False,
+        "reason": "gpus_busy",
+        "reason_text": "waiting for 2 GPUs",
+        "estimated_start_at": None,
+        "estimated_wait_s": None,
+        "backfill": False,
+        "source": "time_limit",
+    }
+    return {**base, **over}
+
+
+def test_wait_text() -> None:
+    assert views.wait_text(wait(position=0, reason="starting")) == "Job 7 is starting now."
+    text = views.wait_text(wait(estimated_start_at=iso(NOW), estimated_wait_s=1500))
+    assert text.startswith("Job 7 is 3rd in line. Estimated start ")
+    assert "from time limits" in text and "in 25m." in text and text.endswith("Why: waiting for 2 GPUs")
+    assert views.wait_text(wait(position=1)).startswith(
+        "Job 7 is next in line. No start can be foreseen yet."
+    )
+    held = views.wait_text(wait(held=True, reason="held", reason_text="held"))
+    assert held == "Job 7 is held (3rd in line): release it to let it start."
+
+
+def job(**over: Any) -> dict[str, Any]:
+    base = {
+        "id": 5,
+        "name": "digits",
+        "user": "alice",
+        "state": "running",
+        "gpus": 2,
+        "node": "box",
+        "gpu_indices": [0, 1],
+        "started_at": iso(NOW - timedelta(minutes=10)),
+        "finished_at": None,
+        "time_limit_s": None,
+        "progress": None,
+        "progress_step": None,
+        "progress_total": None,
+        "metrics": None,
+        "exit_code": None,
+        "failure_class": None,
+        "attempt": 1,
+        "submitted_at": iso(NOW),
+        "cancel_requested": False,
+        "priority": "normal",
+    }
+    return {**base, **over}
+
+
+@pytest.mark.parametrize(
+    ("over", "minutes", "source"),
+    [
+        ({"progress": 0.25}, 40, "progress"),
+        ({"time_limit_s": 1800}, 30, "time limit"),
+        ({"progress": 0.25, "time_limit_s": 1800}, 30, "time limit (its progress rate would run past it)"),
+        ({"progress": 0.5, "time_limit_s": 3600}, 20, "progress"),
+        ({}, None, ""),
+    ],
+)
+def test_estimated_end(over: dict[str, Any], minutes: int | None, source: str) -> None:
+    end, said = views.estimated_end(job(**over), now=NOW)
+    started = NOW - timedelta(minutes=10)
+    assert end == (None if minutes is None else started + timedelta(minutes=minutes))
+    assert said == source
+
+
+def test_running_view() -> None:
+    view = views.running_view(
+        job(progress=0.5, progress_step=50.0, progress_total=100.0, metrics={"loss": 0.5}), now=NOW
+    )
+    assert view.title == "Job 5 · digits" and view.gpus == "box GPUs 0, 1" and view.elapsed == "10m00s"
+    assert view.progress_text == "50% (step 50 of 100)" and "from progress" in view.ends
+    bare = views.running_view(job(), now=NOW)
+    assert "gpuyard.report" in bare.progress_text and bare.ends.startswith("unknown")
+
+
+def test_queue_rows_and_summary() -> None:
+    entries = [
+        {
+            "id": 3,
+            "position": 1,
+            "user": "bob",
+            "name": "a",
+            "gpus": 1,
+            "priority": "high",
+            "held": False,
+            "estimated_start_at": iso(NOW),
+            "estimated_wait_s": 60,
+            "reason_text": "waiting for 1 GPU",
+        },
+        {
+            "id": 4,
+            "position": 2,
+            "user": "alice",
+            "name": "b",
+            "gpus": 2,
+            "priority": "normal",
+            "held": True,
+            "estimated_start_at": None,
+            "estimated_wait_s": None,
+            "reason_text": "held",
+        },
+    ]
+    rows = views.queue_rows(entries, me="alice")
+    assert [r["job"] for r in rows] == [3, 4] and rows[1]["owner"] == "alice (you)"
+    assert rows[1]["why"].startswith("held") and rows[1]["priority"] == "normal, held"
+    summary = views.queue_summary(entries, me="alice")
+    assert summary == "2 jobs waiting; 1 of them yours, the first (4) is 2nd in line."
+    assert views.queue_summary([], me="alice").startswith("Nobody is waiting")
+    assert [views.may_act(e, me="alice", is_admin=False) for e in entries] == [False, True]
+
+
+def gpu(index: int, **over: Any) -> dict[str, Any]:
+    base = {
+        "node": "box",
+        "index": index,
+        "name": "RTX 3090",
+        "memory_total_mib": 24000,
+        "memory_used_mib": 6000,
+        "utilization_pct": 50,
+        "job_id": None,
+        "job_user": None,
+        "job_name": None,
+        "outside_processes": [],
+        "node_online": True,
+    }
+    return {**base, **over}
+
+
+def test_gpu_rows_summary_and_others() -> None:
+    gpus = [
+        gpu(0, job_id=9, job_user="bob", job_name="big"),
+        gpu(1, job_id=9, job_user="bob", job_name="big"),
+        gpu(2, outside_processes=[{"pid": 42, "user": "carol", "used_memory_mib": 900}]),
+        gpu(3, node="old", node_online=False),
+    ]
+    rows = listings.gpu_rows(gpus, me="alice")
+    assert rows[0]["job"] == "job 9 · big (bob)" and rows[0]["memory"] == 0.25
+    assert rows[2]["outside gpuyard"] == "pid 42 (carol, 900 MiB)" and rows[3]["node"] == "old (offline)"
+    assert listings.gpu_summary({"gpus": gpus}) == (
+        "2 of 3 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard; 1 on offline nodes."
+    )
+    assert views.others_running(gpus, shown=set()) == [
+        {"job": 9, "owner": "bob", "name": "big", "node": "box", "GPUs": "0, 1"}
+    ]
+    assert views.others_running(gpus, shown={9}) == []
+    notes = listings.node_notes(
+        [{"name": "old", "online": False, "gpus": 4, "last_seen_at": iso(NOW - timedelta(minutes=5))}],
+        now=NOW,
+    )
+    assert notes == [
+        "Node old is offline (last heard from 5m ago): its 4 GPUs get no new jobs. "
+        "Check that `gpuyard worker` runs there."
+    ]
+
+
+def test_history_rows() -> None:
+    done = job(state="failed", exit_code=3, failure_class="exit_nonzero", finished_at=iso(NOW), attempt=2)
+    (row,) = listings.history_rows([done], me="alice")
+    assert row["state"] == "failed" and row["exit"] == 3 and row["attempts"] == 2
+    assert row["owner"] == "you" and row["duration"] == "10m00s"
+
+
+def test_day_bounds_cover_whole_local_days() -> None:
+    after, before = listings.day_bounds(date(2026, 5, 1), date(2026, 5, 3))
+    assert after is not None and before is not None
+    assert after.tzinfo is not None and before - after == timedelta(days=3)
+    assert listings.day_bounds(None, None) == (None, None)
+
+
+def test_log_tail_reads_on_and_starts_over_for_a_new_attempt() -> None:
+    log = {1: "a\nb\nc", 2: "new\n"}
+    attempt = {"now": 1}
+
+    def read(offset: int) -> dict[str, Any]:
+        text = log[attempt["now"]]
+        chunk = text[offset : offset + 2]
+        return {"attempt": attempt["now"], "data": chunk, "next_offset": offset + len(chunk)}
+
+    tail = LogTail(max_lines=2)
+    tail.catch_up(read)
+    assert tail.text == "b\nc" and tail.offset == 5
+    log[1] += "\nd\n"
+    tail.catch_up(read)
+    assert list(tail.lines) == ["c", "d"] and tail.partial == ""
+    attempt["now"] = 2
+    tail.catch_up(read)
+    assert tail.text == "new" and tail.attempt == 2
+
+
+def test_read_all_stops_at_the_cap() -> None:
+    def read(offset: int) -> dict[str, Any]:
+        chunk = "x" * 10 if offset < 100 else ""
+        return {"data": chunk, "next_offset": offset + len(chunk)}
+
+    assert read_all(read) == ("x" * 100, True)
+    assert read_all(read, max_bytes=25) == ("x" * 30, False)
+
+
+def test_metric_series_one_point_per_new_step() -> None:
+    series = MetricSeries()
+    for step, loss in [(1, 0.9), (1, 0.9), (2, 0.5), (3, 0.25)]:
+        series.observe({"progress_step": step, "metrics": {"loss": loss, "tag": "x", "ok": True}})
+    assert series.points == [
+        {"step": 1.0, "loss": 0.9},
+        {"step": 2.0, "loss": 0.5},
+        {"step": 3.0, "loss": 0.25},
+    ]
+    series.observe({"progress_step": 1, "metrics": {"loss": 1.0}})  # a new attempt starts over
+    assert series.points == [{"step": 1.0, "loss": 1.0}] and series.names() == ["loss"]
+
+
+def test_gpu_samples_keep_the_last_hour() -> None:
+    samples = GpuSamples()
+    samples.observe([gpu(0, utilization_pct=10)], now=NOW - timedelta(minutes=90))
+    samples.observe([gpu(0, utilization_pct=20)], now=NOW - timedelta(minutes=30))
+    samples.observe([gpu(0, utilization_pct=30)], now=NOW)
+    assert [r["percent"] for r in samples.rows("utilization")] == [20, 30]
+    assert [r["percent"] for r in samples.rows("memory")] == [25.0, 25.0]
+    assert samples.span() == timedelta(minutes=30)
+
+
+def test_session_book_tickets_are_one_time_and_sessions_expire() -> None:
+    from gpuyard.entrypoints.ui.remember import SESSION_TTL_S, TICKET_TTL_S, SessionBook
+
+    book = SessionBook()
+    sid, ticket = book.issue("gy_a", now=0)
+    assert book.redeem(ticket, now=1) == sid and book.redeem(ticket, now=1) is None, "one time"
+    assert book.token(sid, now=2) == "gy_a"
+    assert book.token(sid, now=SESSION_TTL_S + 1) is None and book.token(sid, now=3) is None
+    sid2, ticket2 = book.issue("gy_b", now=0)
+    assert book.redeem(ticket2, now=TICKET_TTL_S + 1) is None, "a stale ticket"
+    book.forget(sid2)
+    assert book.token(sid2, now=1) is None
+    assert book.token("unknown") is None
+
+
+def test_remember_route_sets_an_http_only_session_cookie() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from gpuyard.entrypoints.ui.remember import BOOK, COOKIE, ROUTE, remember_route
+
+    def get(ticket: str) -> Any:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": ROUTE,
+            "headers": [],
+            "query_string": f"ticket={ticket}".encode(),
+        }
+        return asyncio.run(remember_route(Request(scope)))
+
+    sid, ticket = BOOK.issue("gy_c")
+    answer = get(ticket)
+    assert answer.status_code == 204
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}={sid};") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "expires" not in cookie.lower() and "max-age" not in cookie.lower(), "a browser-session cookie"
+    again = get(ticket)
+    assert again.status_code == 204 and "set-cookie" not in again.headers
+    BOOK.forget(sid)
+
+
+def test_gpu_samples_thin_out_a_long_series_for_the_chart() -> None:
+    samples = GpuSamples()
+    for i in range(1000):
+        samples.observe([gpu(0, utilization_pct=i % 100)], now=NOW + timedelta(seconds=2 * i))
+    rows = samples.rows("utilization", max_points=100)
+    assert 90 <= len(rows) <= 100 and rows[-1]["time"] == NOW + timedelta(seconds=1998)
+
+
+def test_when_says_today_tomorrow_or_the_day() -> None:
+    local_noon = datetime.now().astimezone().replace(hour=12, minute=0, second=0, microsecond=0)
+    now = local_noon.astimezone(UTC)
+    assert views.when(iso(local_noon.replace(hour=14, minute=5)), now=now) == "14:05"
+    assert views.when(iso(local_noon + timedelta(hours=13)), now=now) == "tomorrow 01:00"
+    assert views.when(iso(local_noon + timedelta(days=3)), now=now) == (
+        local_noon + timedelta(days=3)
+    ).strftime("%a %d %b 12:00")
+    assert views.when(None) == "-"
+
+
+def test_a_long_log_is_entered_near_its_end() -> None:
+    text = "".join(f"line {i}\n" for i in range(200_000))  # about 2.2 MB
+    reads: list[int] = []
+
+    def read(offset: int) -> dict[str, Any]:
+        reads.append(offset)
+        chunk = text[offset : offset + 256 * 1024]
+        return {"attempt": 1, "data": chunk, "next_offset": offset + len(chunk)}
+
+    tail = LogTail(max_lines=5)
+    tail.catch_up(read)
+    assert tail.text.splitlines() == [f"line {i}" for i in range(199_995, 200_000)]
+    assert len(reads) < 20 and all(line.startswith("line ") for line in tail.lines)
+    first_lines = LogTail()
+    first_lines.catch_up(lambda offset: {"attempt": 1, "data": "a\nb\n"[offset:], "next_offset": 4})
+    assert first_lines.text == "a\nb", "a short log is read whole, from its start"

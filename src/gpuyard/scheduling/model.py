@@ -116,7 +116,7 @@ class Placement:
     gpu_indices: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Estimate:
     """When a waiting job should start, and why it waits: data, never a log line.
 

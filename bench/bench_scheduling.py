@@ -29,6 +29,7 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_traces  # noqa: E402
 
+from gpuyard.scheduling.figures import SimResult, format_report  # noqa: E402
 from gpuyard.scheduling.model import (  # noqa: E402
     GpuSlot,
     NodeView,
@@ -38,7 +39,7 @@ from gpuyard.scheduling.model import (  # noqa: E402
     ScheduleRequest,
 )
 from gpuyard.scheduling.policy import schedule  # noqa: E402
-from gpuyard.scheduling.simulator import SimResult, format_report, simulate  # noqa: E402
+from gpuyard.scheduling.simulator import simulate  # noqa: E402
 from gpuyard.scheduling.trace import Trace, parse_trace  # noqa: E402
 
 TRACES = Path(__file__).resolve().parent / "traces"

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from gpuyard.entrypoints.cli import simulate as simulate_cli
 from gpuyard.scheduling import simulator
+from gpuyard.scheduling.figures import SimResult, format_report
 from gpuyard.scheduling.model import Decision, Estimate, Placement, Rules, ScheduleRequest, WaitReason
-from gpuyard.scheduling.simulator import SimResult, SimulationError, format_report, simulate
+from gpuyard.scheduling.simulator import SimulationError, simulate
 from gpuyard.scheduling.trace import Trace, parse_trace
 
 HEADER = "submit_s,gpus,priority,user,runtime_s,time_limit_s"

@@ -56,9 +56,13 @@ class SimFigures:
     gpus: int
     busy_gpu_s: float
     makespan_s: float  # first submission → last end
-    lower_bound_s: float  # max(GPU-seconds of all jobs / GPUs, longest job)
+    lower_bound_s: float  # max(GPU-seconds of all jobs / GPUs, longest job): blind to arrivals
     utilization: float  # busy GPU-seconds / (GPUs × makespan)
     utilization_vs_lower_bound: float  # lower bound / makespan
+    arrival_bound_s: float  # the lower bound that respects submission times (see `arrival_bound_s`)
+    utilization_vs_arrival_bound: float  # arrival bound / makespan
+    idle_while_waiting_gpu_s: float  # GPU-seconds left idle while some job waited
+    idle_while_none_waited_gpu_s: float  # GPU-seconds idle with no job waiting (nothing to run)
     waits: tuple[WaitFigures, ...]
     backfilled: int
     max_delay_by_later_s: float
@@ -89,6 +93,10 @@ def compute_figures(
     busy_gpu_s = sum(((r.end_s or 0.0) - (r.start_s or 0.0)) * r.job.gpus for r in started)
     work_s = sum(j.actual_runtime_s * j.gpus for j in trace.jobs)
     lower_bound_s = max(work_s / trace.total_gpus, max(j.actual_runtime_s for j in trace.jobs))
+    arrival_s = arrival_bound_s(trace)
+    idle_waiting_s, idle_none_s = idle_gpu_s(
+        records, gpus=trace.total_gpus, since_s=first_s, until_s=first_s + makespan_s
+    )
     return SimFigures(
         jobs=len(records),
         started=len(started),
@@ -100,6 +108,10 @@ def compute_figures(
         lower_bound_s=lower_bound_s,
         utilization=busy_gpu_s / (trace.total_gpus * makespan_s) if makespan_s > 0 else 0.0,
         utilization_vs_lower_bound=lower_bound_s / makespan_s if makespan_s > 0 else 0.0,
+        arrival_bound_s=arrival_s,
+        utilization_vs_arrival_bound=arrival_s / makespan_s if makespan_s > 0 else 0.0,
+        idle_while_waiting_gpu_s=idle_waiting_s,
+        idle_while_none_waited_gpu_s=idle_none_s,
         waits=_waits(started),
         backfilled=sum(1 for r in records if r.backfilled),
         max_delay_by_later_s=max(delays_s.values(), default=0.0),
@@ -108,6 +120,47 @@ def compute_figures(
         estimate_error_unlimited=_errors([r for r in started if r.job.time_limit_s is None]),
         passes=passes,
     )
+
+
+def arrival_bound_s(trace: Trace) -> float:
+    """A lower bound on the makespan that respects submission times: the work submitted at or after any
+    moment t needs at least (t − first submission) + its GPU-seconds / GPUs, and each job its submission
+    plus its runtime. No schedule, with or without foresight, ends sooner."""
+    first_s = min(j.submit_s for j in trace.jobs)
+    bound_s = work_after_s = 0.0
+    for job in sorted(trace.jobs, key=lambda j: j.submit_s, reverse=True):
+        work_after_s += job.actual_runtime_s * job.gpus
+        since_s = job.submit_s - first_s
+        bound_s = max(bound_s, since_s + work_after_s / trace.total_gpus, since_s + job.actual_runtime_s)
+    return bound_s
+
+
+def idle_gpu_s(
+    records: tuple[SimRecord, ...], *, gpus: int, since_s: float, until_s: float
+) -> tuple[float, float]:
+    """GPU-seconds idle within [since_s, until_s] while some job waited, and while none did."""
+    changes: list[tuple[float, int, int]] = []  # (moment, change of busy GPUs, change of waiting jobs)
+    for r in records:
+        changes.append((r.job.submit_s, 0, 1))
+        if r.start_s is not None:
+            changes.append((r.start_s, r.job.gpus, -1))
+        if r.end_s is not None:
+            changes.append((r.end_s, -r.job.gpus, 0))
+    changes.sort()
+    busy = waiting = 0
+    moment_s = since_s
+    idle_waiting_s = idle_none_s = 0.0
+    for at_s, busy_change, waiting_change in [*changes, (until_s, 0, 0)]:
+        span_s = min(at_s, until_s) - moment_s
+        if span_s > 0:
+            if waiting:
+                idle_waiting_s += (gpus - busy) * span_s
+            else:
+                idle_none_s += (gpus - busy) * span_s
+            moment_s = min(at_s, until_s)
+        busy += busy_change
+        waiting += waiting_change
+    return idle_waiting_s, idle_none_s
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -175,6 +228,19 @@ def format_report(result: SimResult) -> str:
         _row("makespan", f"{_duration(f.makespan_s)} ({f.makespan_s:,.0f} s) from the first submission"),
         _row("lower bound", f"{_duration(f.lower_bound_s)} = max(GPU-seconds / GPUs, longest job)"),
         _row("utilization vs lower bound", f"{f.utilization_vs_lower_bound:.1%} (lower bound / makespan)"),
+        _row(
+            "bound with arrivals",
+            f"{_duration(f.arrival_bound_s)} = max over t of t + GPU-seconds submitted from t on / GPUs",
+        ),
+        _row(
+            "utilization vs that bound",
+            f"{f.utilization_vs_arrival_bound:.1%} (bound with arrivals / makespan)",
+        ),
+        _row(
+            "idle GPU time",
+            f"{_duration(f.idle_while_waiting_gpu_s)} while jobs waited, "
+            f"{_duration(f.idle_while_none_waited_gpu_s)} while none waited (GPU-time)",
+        ),
         _row("started by backfill", f"{f.backfilled} jobs"),
         _row("max delay by a later job", f"{f.max_delay_by_later_s:g} s ({f.delayed_jobs} jobs delayed)"),
         _row("scheduling passes", str(f.passes)),

@@ -322,14 +322,21 @@ def _build_nodes(request: ScheduleRequest) -> list[Node]:
 
 
 def _running_end(run: RunningJob, request: ScheduleRequest) -> float:
-    """When a running job should free its GPUs, in seconds from now. One past its expected end, with no
-    time limit to stop it, is expected to run about as long again as it has (never less than a moment):
-    assuming it ends any second would book everything behind it right after now and leave no gap."""
+    """When a running job should free its GPUs, in seconds from now: its expected end, never after its
+    time limit stops it, never before a moment from now. One past its expected end is expected to end
+    halfway to its time limit, or without one, to run about as long again as it has: assuming it ends any
+    second would book everything behind it right after now and leave no gap."""
     if run.expected_end_at is None:
         return request.default_runtime_s
     end = _seconds(run.expected_end_at, request.now)
-    if end <= 0 and run.source is not RuntimeSource.TIME_LIMIT and run.started_at is not None:
-        end = _seconds(request.now, run.started_at)
+    limit = None if run.time_limit_at is None else _seconds(run.time_limit_at, request.now)
+    if end <= 0 and run.source is not RuntimeSource.TIME_LIMIT:
+        if limit is not None:
+            end = limit / 2
+        elif run.started_at is not None:
+            end = _seconds(request.now, run.started_at)
+    if limit is not None and limit < end:
+        end = limit
     return max(end, _OVERDUE_S)
 
 

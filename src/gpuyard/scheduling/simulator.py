@@ -3,8 +3,9 @@
 Pure and deterministic: the clock is simulated, the policy is `policy.schedule`, nothing is random.
 Events are submissions and job ends; at every event time (simultaneous events batched) one pass runs and its
 placements start at once. A job holds its GPUs for its trace runtime, or until its time limit kills it.
-The policy sees what the controller would see: running jobs end at start + time limit, else at start +
-`default_runtime_s`; waiting jobs carry their time limit, never their true runtime.
+The policy sees what the controller would see: jobs carry their time limits and the runtimes history
+expects (learnt from the jobs that ended so far, as the controller learns them), never their true
+runtimes.
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ class _Simulation:
             user=job.user,
             source=source,
             started_at=at(now),
+            time_limit_at=None if limit_s is None else at(now + limit_s),
         )
         self.start_s[job.job_id] = now
         heapq.heappush(self.ends, (now + job.actual_runtime_s, job.job_id))

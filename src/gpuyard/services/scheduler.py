@@ -115,7 +115,21 @@ def build_request(
             row, now=now, history=history, default_runtime_s=config.default_runtime_s
         )
         gpus = tuple(row["gpu_indices"])
-        running.append(RunningJob(row["id"], row["node"], gpus, end_at, progress, row["user"], source))
+        began: datetime = row["started_at"] or row["dispatched_at"]
+        limit_at = None if row["time_limit_s"] is None else began + timedelta(seconds=row["time_limit_s"])
+        running.append(
+            RunningJob(
+                row["id"],
+                row["node"],
+                gpus,
+                end_at,
+                progress,
+                row["user"],
+                source,
+                started_at=began,
+                time_limit_at=limit_at,
+            )
+        )
     views = tuple(
         NodeView(
             name=n["name"],

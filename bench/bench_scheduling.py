@@ -1,6 +1,6 @@
 """Scheduling figures (not a timed test: it prints numbers and the targets next to them, asserts nothing).
 
-    .venv/bin/python bench/bench_scheduling.py [--budget-s 30] [--runs 5]
+    .venv/bin/python bench/bench_scheduling.py [--budget-s 30] [--runs 5] [--parts traces,pass,simulator]
 
 (a) Each shipped trace (bench/traces/, see make_traces.py) through the simulator, backfill on and off.
 (b) The time of one scheduling pass, `schedule()`, over 10,000 waiting jobs (mixed 1/2/4 GPUs, random
@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_traces  # noqa: E402
 
+from gpuyard.scheduling.figures import SimResult, format_report  # noqa: E402
 from gpuyard.scheduling.model import (  # noqa: E402
     GpuSlot,
     NodeView,
@@ -38,7 +40,7 @@ from gpuyard.scheduling.model import (  # noqa: E402
     ScheduleRequest,
 )
 from gpuyard.scheduling.policy import schedule  # noqa: E402
-from gpuyard.scheduling.simulator import SimResult, format_report, simulate  # noqa: E402
+from gpuyard.scheduling.simulator import simulate  # noqa: E402
 from gpuyard.scheduling.trace import Trace, parse_trace  # noqa: E402
 
 TRACES = Path(__file__).resolve().parent / "traces"
@@ -46,6 +48,7 @@ NOW = datetime(2024, 1, 1, tzinfo=UTC)
 PASS_MS_TARGET, ESTIMATES_MS_TARGET = 50.0, 250.0
 LINE_SIZES = (500, 1_000, 2_000, 5_000, 10_000)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 # --- (a) traces ----------------------------------------------------------------------------------------
@@ -56,6 +59,7 @@ def targets(result: SimResult) -> str:
     util = f"utilization vs lower bound {f.utilization_vs_lower_bound:.1%}"
     if result.trace.name == "lab_week.csv" and result.rules.backfill:
         util += f" (target >= 95%: {'met' if f.utilization_vs_lower_bound >= 0.95 else 'MISSED'})"
+    util += f", vs the bound with arrivals {f.utilization_vs_arrival_bound:.1%}"
     delayed = f"jobs delayed by later jobs {f.delayed_jobs} (target 0: {_verdict(f.delayed_jobs == 0)})"
     median = f.estimate_error_limited.median
     error = "median start error with limits -"
@@ -79,25 +83,39 @@ def bench_traces() -> None:
             print(format_report(result), end="")
             print(targets(result))
             print(f"  simulated in {took_s:.1f} s\n")
+    print("(a') what-if: each trace with every time limit equal to the job's runtime, backfill on")
+    print("    (runtimes known exactly: what is left of the estimate error comes from later arrivals of")
+    print("    higher priority; what is left of the idle time, from reservations and arrivals)\n")
+    for path in sorted(TRACES.glob("*.csv")):
+        trace = parse_trace(path.read_text(), name=path.name)
+        exact = replace(trace, jobs=tuple(replace(j, time_limit_s=j.actual_runtime_s) for j in trace.jobs))
+        f = simulate(exact, rules=Rules(backfill=True)).figures
+        median = f.estimate_error_limited.median
+        print(
+            f"  {path.name:<18} utilization vs lower bound {f.utilization_vs_lower_bound:.1%}, "
+            f"vs the bound with arrivals {f.utilization_vs_arrival_bound:.1%}; "
+            f"median start error {'-' if median is None else f'{median:.1%}'}"
+        )
+    print()
 
 
 # --- budgeted measurements in a child process ------------------------------------------------------------
 
 
-def _child(conn: Connection, work: Callable[[T], float], arg: T, runs: int) -> None:
+def _child(conn: Connection, work: Callable[[T], R], arg: T, runs: int) -> None:
     for _ in range(runs):
         conn.send(work(arg))
     conn.close()
 
 
-def measure(work: Callable[[T], float], arg: T, *, runs: int, budget_s: float) -> list[float]:
+def measure(work: Callable[[T], R], arg: T, *, runs: int, budget_s: float) -> list[R]:
     """Up to `runs` results of work(arg), each computed in a child; whatever finished within the budget."""
     ours, theirs = multiprocessing.Pipe(duplex=False)
     child = multiprocessing.Process(target=_child, args=(theirs, work, arg, runs), daemon=True)
     child.start()
     theirs.close()
     deadline = time.monotonic() + budget_s
-    results: list[float] = []
+    results: list[R] = []
     while len(results) < runs and ours.poll(max(deadline - time.monotonic(), 0.0)):
         try:
             results.append(ours.recv())
@@ -144,15 +162,16 @@ def long_line(waiting: int, nodes: int, *, seed: int = 7) -> ScheduleRequest:
 SPLIT = "estimates" in inspect.signature(schedule).parameters
 
 
-def time_pass(case: tuple[int, int, bool]) -> float:
-    """Milliseconds of one pass over `waiting` jobs on `nodes` nodes, with or without the estimates."""
+def time_pass(case: tuple[int, int, bool]) -> tuple[float, float]:
+    """Milliseconds of one pass over `waiting` jobs on `nodes` nodes, with or without the estimates: wall
+    time (the figure), and the CPU time of this process (steadier where other work shares the CPUs)."""
     waiting, nodes, with_estimates = case
     request = long_line(waiting, nodes)
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     decision = schedule(request) if with_estimates else schedule(request, estimates=False)
-    took_ms = (time.perf_counter() - began) * 1000
+    took_ms, cpu_ms = (time.perf_counter() - began) * 1000, (time.process_time() - began_cpu) * 1000
     assert len(decision.estimates) == (waiting if with_estimates else 0)
-    return took_ms
+    return took_ms, cpu_ms
 
 
 def bench_pass(*, runs: int, budget_s: float) -> None:
@@ -165,9 +184,10 @@ def bench_pass(*, runs: int, budget_s: float) -> None:
         print(
             "    'placements' is schedule(request, estimates=False); 'with estimates' is schedule(request),"
         )
-        print("    which yields the placements and all the estimates in one walk (the total is the figure)\n")
+        print("    which yields the placements and all the estimates in one walk (the total is the figure)")
     else:
-        print("    schedule() yields the placements and all the estimates in one walk: one figure for both\n")
+        print("    schedule() yields the placements and all the estimates in one walk: one figure for both")
+    print("    wall time is the figure; CPU time (this process only) is steadier on a shared machine\n")
     for label, nodes in (("1 node x 4 GPUs, 4 running", 1), ("16 nodes x 4 GPUs, 64 running", 16)):
         print(f"  {label}")
         modes = ((False, PASS_MS_TARGET, "placements"), (True, ESTIMATES_MS_TARGET, "with estimates"))
@@ -179,7 +199,8 @@ def bench_pass(*, runs: int, budget_s: float) -> None:
                         f"    {name:>14} {waiting:>6,} waiting: none in {budget_s:g} s; larger lines skipped"
                     )
                     break
-                median_ms = statistics.median(times)
+                median_ms = statistics.median(wall for wall, _ in times)
+                cpu_ms = statistics.median(cpu for _, cpu in times)
                 note = (
                     f" ({len(times)} of {runs} runs in the {budget_s:g} s budget)"
                     if len(times) < runs
@@ -189,7 +210,7 @@ def bench_pass(*, runs: int, budget_s: float) -> None:
                     note += f"   target <= {target_ms:g} ms: {_verdict(median_ms <= target_ms)}"
                     if not SPLIT:
                         note += f", <= {PASS_MS_TARGET:g} ms: {_verdict(median_ms <= PASS_MS_TARGET)}"
-                per_job = f"({median_ms * 1000 / waiting:6.1f} µs a job)"
+                per_job = f"({median_ms * 1000 / waiting:6.1f} µs a job; CPU {cpu_ms:7.1f} ms)"
                 print(f"    {name:>14} {waiting:>6,} waiting: {median_ms:9.1f} ms {per_job}{note}")
         print()
 
@@ -236,10 +257,20 @@ def main() -> None:
     )
     parser.add_argument("--budget-s", type=float, default=30.0, help="time limit of one measurement")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--parts", default="traces,pass,simulator", help="which of (a) traces, (b) pass, (c) simulator to run"
+    )
     args = parser.parse_args()
-    bench_traces()
-    bench_pass(runs=args.runs, budget_s=args.budget_s)
-    bench_simulator(budget_s=args.budget_s * 4)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"traces", "pass", "simulator"}
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}: use traces, pass or simulator")
+    if "traces" in parts:
+        bench_traces()
+    if "pass" in parts:
+        bench_pass(runs=args.runs, budget_s=args.budget_s)
+    if "simulator" in parts:
+        bench_simulator(budget_s=args.budget_s * 4)
 
 
 if __name__ == "__main__":

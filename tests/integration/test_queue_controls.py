@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -379,3 +379,35 @@ async def test_the_waiting_limit_in_the_service_is_exact_under_concurrent_submis
 async def waiting_count(jobs: JobService, user: User) -> int:
     rows = await jobs.list_jobs(user, states=["queued"], owner=None, before_id=None, limit=100)
     return len(rows)
+
+
+async def test_the_queue_answers_from_the_last_estimates_until_the_line_changes(tmp_path: Path) -> None:
+    """Asking again for the queue or a job's wait reuses the last pass's estimates until the line changes
+    (a submission, a queue control) or they grow older than a few seconds; then a new pass makes them.
+    No node has reported, so every job waits."""
+    moment = [datetime(2026, 12, 4, 12, 0, tzinfo=UTC)]
+    controller = Controller(Settings(data_dir=tmp_path, instance="reuse-test"), clock=lambda: moment[0])
+    jobs = controller.jobs
+    await migrate(controller.db)
+    try:
+        erin, _ = await controller.auth.add_user("erin", is_admin=False)
+        spec = make_spec(command=["true"], gpus=1)
+        first, _ = await jobs.submit(erin, spec)
+        result, rows = await jobs.queue()
+        assert [r["id"] for r in rows] == [first["id"]]
+        assert (await jobs.queue())[0] is result, "nothing changed: the same estimates"
+        assert (await jobs.wait(erin, first["id"]))[2] == result.now
+
+        second, _ = await jobs.submit(erin, spec)
+        grown, rows = await jobs.queue()
+        assert grown is not result and [r["id"] for r in rows] == [first["id"], second["id"]]
+
+        await jobs.hold(erin, first["id"])
+        held, rows = await jobs.queue()
+        assert held is not grown and rows[0]["held_at"] is not None
+
+        moment[0] += timedelta(seconds=6)
+        later, _ = await jobs.queue()
+        assert later is not held and later.now == moment[0], "older than 5 s: a new pass"
+    finally:
+        await controller.db.dispose()

@@ -25,12 +25,26 @@ from gpuyard.adapters.gpu.common import Ownership, classify_pid, command_of_pid,
 from gpuyard.adapters.gpu.detect import describe_backend, open_gpu_backend
 from gpuyard.adapters.gpu.fake import FakeGpus, cpu_seconds_by_group, fake_gpu_uuid, simulated_memory_mib
 from gpuyard.adapters.gpu.nvml import NvmlGpus
-from gpuyard.adapters.gpu.smi import NvidiaSmiGpus, parse_apps_csv, parse_gpu_csv
+from gpuyard.adapters.gpu.smi import NvidiaSmiGpus, parse_apps_csv, parse_gpu_csv, parse_topology
 from gpuyard.domain.errors import ConfigurationError
 
 DATA = Path(__file__).parent / "data"
 QUERY_GPU_CSV = (DATA / "nvidia_smi_query_gpu.csv").read_text()
 COMPUTE_APPS_CSV = (DATA / "nvidia_smi_compute_apps.csv").read_text()
+# `nvidia-smi topo -m` on the 4 × RTX 3090 box: NVLink bridges join GPUs 0-1 and 2-3.
+TOPOLOGY = (DATA / "nvidia_smi_topo_m.txt").read_text()
+# A newer driver on a 4 × A100 box with NVLink between every pair and one NIC (its row and column, a GPU
+# NUMA ID column and a NIC legend).
+TOPOLOGY_WITH_NIC = (
+    "\t\x1b[4mGPU0\tGPU1\tGPU2\tGPU3\tNIC0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\x1b[0m\n"
+    "GPU0\t X \tNV12\tNV12\tNV12\tSYS\t0-31\t0\t\tN/A\n"
+    "GPU1\tNV12\t X \tNV12\tNV12\tSYS\t0-31\t0\t\tN/A\n"
+    "GPU2\tNV12\tNV12\t X \tNV12\tPXB\t32-63\t1\t\tN/A\n"
+    "GPU3\tNV12\tNV12\tNV12\t X \tPXB\t32-63\t1\t\tN/A\n"
+    "NIC0\tSYS\tSYS\tPXB\tPXB\t X \t\t\t\t\n"
+    "\nLegend:\n\n  X    = Self\n  NV#  = Connection traversing a bonded set of # NVLinks\n"
+    "\nNIC Legend:\n\n  NIC0: mlx5_0\n"
+)
 UUID_0 = "GPU-3c6a1f0e-8b2d-4a7e-9c15-2f6e0d8b7a41"
 UUID_1 = "GPU-9e0b4d27-51c3-6f8a-b2e4-7d1c9a0f3e65"
 UUID_2 = "GPU-b71f2c85-0d9e-4a36-8c7b-e5a2f1096d3c"
@@ -291,6 +305,61 @@ def test_unreadable_nvidia_smi_output_is_a_configuration_error(
 ) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "pairs"),
+    [
+        pytest.param(TOPOLOGY, [(0, 1), (2, 3)], id="4x3090-bridged-pairs"),
+        pytest.param(TOPOLOGY_WITH_NIC, [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)], id="4xA100-nic"),
+        pytest.param(TOPOLOGY.replace("NV4", "PHB"), [], id="pcie-only"),
+        pytest.param(
+            TOPOLOGY.replace("NODE", "SOC").replace("\x1b[4m", "").replace("\x1b[0m", ""),
+            [(0, 1), (2, 3)],
+            id="old-driver-plain",
+        ),
+        pytest.param("\tGPU0\tCPU Affinity\tNUMA Affinity\nGPU0\t X \t0-15\t\tN/A\n", [], id="one-gpu"),
+    ],
+)
+def test_nvlink_pairs_from_the_topology_matrix(text: str, pairs: list[tuple[int, int]]) -> None:
+    assert parse_topology(text) == pairs
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("No devices were found\n", id="no-devices"),
+        pytest.param(TOPOLOGY.replace("NV4\tNODE\tNODE\t0-63", "NV4\tQPI\tNODE\t0-63", 1), id="unknown-cell"),
+        pytest.param(TOPOLOGY.replace("GPU1\tNV4\t X ", "GPU1\tNV4\tNV4", 1), id="no-self"),
+        pytest.param(
+            TOPOLOGY.replace("GPU3\tNODE\tNODE\tNV4\t X \t0-63\t\tN/A", "GPU3\tNODE"), id="short-row"
+        ),
+        pytest.param(TOPOLOGY.replace("GPU2\tNODE", "GPU7\tNODE", 1), id="unknown-gpu"),
+    ],
+)
+def test_an_unreadable_topology_is_a_configuration_error(text: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"topo -m.*cannot read.*GPUYARD_GPU_LINKS"):
+        parse_topology(text)
+
+
+def test_the_nvidia_smi_backend_reads_nvlink_pairs_from_topo(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[list[str]] = []
+
+    def run(argv: list[str]) -> str:
+        calls.append(argv)
+        return TOPOLOGY
+
+    assert NvidiaSmiGpus("/usr/bin/nvidia-smi", runner=run).links() == [(0, 1), (2, 3)]
+    assert calls == [["/usr/bin/nvidia-smi", "topo", "-m"]]
+
+    def fail(argv: list[str]) -> str:
+        raise subprocess.CalledProcessError(2, argv, "", "Invalid combination of input arguments")
+
+    with caplog.at_level("WARNING"):
+        assert NvidiaSmiGpus(runner=fail).links() == [], "no topology is no error: the configured map applies"
+        assert NvidiaSmiGpus(runner=lambda argv: "garbage\n").links() == []
+    assert "exit status 2" in caplog.text and "'garbage'" in caplog.text
 
 
 def test_nvidia_smi_backend_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:

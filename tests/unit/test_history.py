@@ -85,3 +85,30 @@ def test_nodes_get_configured_and_reported_links() -> None:
     config = SchedulingConfig(links=frozenset({(2, 3)}))
     request = build_request(now=T0, pending=[], active=[], nodes=[node], config=config)
     assert request.nodes[0].links == frozenset({(0, 1), (2, 3)})
+
+
+@pytest.mark.parametrize(("started_h", "limit_s"), [(-2, 3 * 3600), (None, None)])
+def test_running_jobs_carry_their_start_and_when_their_time_limit_stops_them(
+    started_h: int | None, limit_s: float | None
+) -> None:
+    from gpuyard.services.scheduler import SchedulingConfig, build_request
+
+    dispatched_at = T0 - timedelta(hours=3)
+    started_at = None if started_h is None else T0 + timedelta(hours=started_h)
+    row = {
+        "id": 7,
+        "node": "box",
+        "gpu_indices": [0],
+        "user": "ann",
+        "name": "train",
+        "argv": ["python", "train.py"],
+        "time_limit_s": limit_s,
+        "dispatched_at": dispatched_at,
+        "started_at": started_at,
+        "progress_step": None,
+        "progress_total": None,
+    }
+    (run,) = build_request(now=T0, pending=[], active=[row], nodes=[], config=SchedulingConfig()).running
+    began = started_at or dispatched_at
+    assert run.started_at == began
+    assert run.time_limit_at == (None if limit_s is None else began + timedelta(seconds=limit_s))

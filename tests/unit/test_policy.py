@@ -23,7 +23,7 @@ from gpuyard.scheduling.model import (
     ScheduleRequest,
     WaitReason,
 )
-from gpuyard.scheduling.policy import Timeline, extend, schedule
+from gpuyard.scheduling.policy import Timeline, extend, planned_runtime, schedule
 
 R = WaitReason
 NOW = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
@@ -507,18 +507,30 @@ def check_starts_never_go_down(req: ScheduleRequest, d: Decision) -> None:
 
 
 def check_backfill_delays_nobody(req: ScheduleRequest, d: Decision) -> None:
-    """(g) No job is delayed by a job behind it: once a placed job runs for its whole time limit (forever,
-    without one), no job ahead of it starts later than estimated."""
+    """(g) No job is delayed by a job behind it: in the next pass, with the jobs placed ahead of a placed
+    job running as planned and that job running for its whole time limit (forever, without one), no job
+    ahead of it starts later than estimated."""
     line = queue(req)
+    placed_at = {p.job_id: p for p in d.placements}
     for p in d.placements:
         placed_job = next(j for j in req.pending if j.job_id == p.job_id)
         if line.index(placed_job) == 0:
             continue
         holds_for = placed_job.time_limit_s if placed_job.time_limit_s is not None else 10**8
-        as_running = RunningJob(p.job_id, p.node, p.gpu_indices, NOW + timedelta(seconds=holds_for))
-        rest = tuple(j for j in req.pending if j.job_id != p.job_id)
-        after = schedule(replace(req, pending=rest, running=(*req.running, as_running)))
+        started = [RunningJob(p.job_id, p.node, p.gpu_indices, NOW + timedelta(seconds=holds_for))]
         for ahead in line[: line.index(placed_job)]:
+            if ahead.job_id in placed_at:
+                q = placed_at[ahead.job_id]
+                planned_s = planned_runtime(ahead, req.default_runtime_s)[0]
+                started.append(
+                    RunningJob(q.job_id, q.node, q.gpu_indices, NOW + timedelta(seconds=planned_s))
+                )
+        gone = {r.job_id for r in started}
+        rest = tuple(j for j in req.pending if j.job_id not in gone)
+        after = schedule(replace(req, pending=rest, running=(*req.running, *started)))
+        for ahead in line[: line.index(placed_job)]:
+            if ahead.job_id in gone:
+                continue  # it starts now
             before_at, after_at = d.estimates[ahead.job_id].start_at, after.estimates[ahead.job_id].start_at
             if before_at is not None:
                 assert after_at is not None and after_at <= before_at, (p, ahead, before_at, after_at)

@@ -166,3 +166,25 @@ def test_the_user_limit_holds_over_the_whole_run_not_just_its_start() -> None:
     assert placed(d).keys() == {1}
     assert d.estimates[2].start_at == at(1000)
     assert d.estimates[3].start_at is not None and d.estimates[3].start_at >= at(1500)
+
+
+@pytest.mark.parametrize(
+    ("expected_in_s", "limit_in_s", "frees_in_s"),
+    [
+        pytest.param(-3600, 5400, 2700, id="overdue: halfway to its limit"),
+        pytest.param(-3600, -60, 1, id="past its limit: a moment from now"),
+        pytest.param(9000, 5400, 5400, id="expected after its limit: at its limit"),
+        pytest.param(1800, 5400, 1800, id="expected before its limit: as expected"),
+    ],
+)
+def test_a_running_job_never_holds_its_gpus_past_its_time_limit(
+    expected_in_s: float, limit_in_s: float, frees_in_s: float
+) -> None:
+    run = replace(
+        running(90, "a", (0,), ends_in_s=expected_in_s),
+        source=RuntimeSource.HISTORY,
+        started_at=at(-7200),
+        time_limit_at=at(limit_in_s),
+    )
+    d = schedule(request(nodes=[node("a", 1)], pending=[job(1)], run=[run]))
+    assert d.estimates[1].start_at == at(frees_in_s)

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from gpuyard.entrypoints.cli import simulate as simulate_cli
 from gpuyard.scheduling import simulator
+from gpuyard.scheduling.figures import SimResult, format_report
 from gpuyard.scheduling.model import Decision, Estimate, Placement, Rules, ScheduleRequest, WaitReason
-from gpuyard.scheduling.simulator import SimResult, SimulationError, format_report, simulate
+from gpuyard.scheduling.simulator import SimulationError, simulate
 from gpuyard.scheduling.trace import Trace, parse_trace
 
 HEADER = "submit_s,gpus,priority,user,runtime_s,time_limit_s"
@@ -67,6 +68,25 @@ def test_a_four_gpu_job_waits_for_the_running_job_and_starts_when_it_really_ends
     assert estimates(result)[2] == 600  # the running job's time limit: the bound the policy trusts
     error = result.figures.estimate_error_limited
     assert error.jobs == 2 and error.p90 == pytest.approx(100 / 490)  # |600 - 500| / wait of 490 s
+
+
+@pytest.mark.parametrize(
+    ("rows", "issue_bound", "arrival_bound", "idle_waiting", "idle_none"),
+    [
+        # A 4-GPU job waits 100 s for the 1-GPU job ahead: 3 GPUs idle meanwhile (no bound sees that).
+        (("0,1,normal,ana,100,100", "0,4,normal,ben,50,50"), 100, 100, 300, 0),
+        # The second job comes late: nothing waits in between, and no schedule ends before 1000 + 50.
+        (("0,1,normal,ana,100,100", "1000,4,normal,ben,50,50"), 100, 1050, 0, 3 * 100 + 4 * 900),
+    ],
+)
+def test_the_bounds_and_the_idle_gpu_time(
+    rows: tuple[str, ...], issue_bound: float, arrival_bound: float, idle_waiting: float, idle_none: float
+) -> None:
+    f = simulate(trace(*rows), rules=ON).figures
+    assert (f.lower_bound_s, f.arrival_bound_s) == (issue_bound, arrival_bound)
+    assert f.utilization_vs_arrival_bound == arrival_bound / f.makespan_s
+    assert (f.idle_while_waiting_gpu_s, f.idle_while_none_waited_gpu_s) == (idle_waiting, idle_none)
+    assert f.busy_gpu_s + idle_waiting + idle_none == f.gpus * f.makespan_s
 
 
 def test_a_job_killed_at_its_time_limit_frees_its_gpus_there() -> None:

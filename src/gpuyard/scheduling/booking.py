@@ -4,20 +4,21 @@ and which of a node's ready GPUs a job gets. Float seconds from `now`; used by t
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import NamedTuple
 
 from gpuyard.scheduling.model import RuntimeSource
 
 INF = math.inf
-# Gaps kept per GPU, and the shortest worth keeping (no job is that short).
+# Gaps kept per GPU (a bound on the work of a search), and the shortest worth keeping (no job is that short).
 MAX_GAPS = 32
 MIN_GAP_S = 1.0
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     """Who holds a GPU until a booking's end, and how sure that end is."""
 
     job_id: int
@@ -25,7 +26,7 @@ class Holder:
     source: RuntimeSource
 
 
-@dataclass
+@dataclass(slots=True)
 class Gpu:
     index: int
     tail: float  # free from here on, for good
@@ -34,9 +35,6 @@ class Gpu:
     holes: list[tuple[float, float, Holder | None]] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)  # the holes' starts, for bisect
     max_gap: float = 0.0  # the longest hole
-
-    def _changed(self) -> None:
-        self.max_gap = max((end - start for start, end, _ in self.holes), default=0.0)
 
     def _hole_at(self, start: float) -> int:
         """The index of the gap containing `start`, or -1."""
@@ -49,19 +47,40 @@ class Gpu:
         i = self._hole_at(start)
         return i >= 0 and start + length <= self.holes[i][1]
 
-    def gap_starts(self, since: float, length: float, limit: int) -> list[float]:
-        """Up to `limit` moments ≥ since at which a gap of this GPU that can hold `length` opens (since
-        itself when it lies in one)."""
-        if self.max_gap < length:
-            return []
-        i = bisect.bisect_right(self.starts, since) - 1
-        out = [since] if i >= 0 and since + length <= self.holes[i][1] else []
-        for start, end, _ in self.holes[i + 1 :]:
-            if len(out) >= limit:
-                break
-            if end - start >= length:
-                out.append(start)
-        return out
+    def first_start(self, floor: float, length: float, bound: float) -> float:
+        """The earliest start in [floor, bound] from which this GPU is free for `length`; INF if none."""
+        if self.max_gap >= length and floor < self.tail:
+            holes = self.holes
+            i = bisect.bisect_right(self.starts, floor) - 1
+            if i >= 0 and floor + length <= holes[i][1]:
+                return floor  # the gap around the floor holds it
+            for k in range(i + 1, len(holes)):
+                start, end, _ = holes[k]
+                if start > bound:
+                    return INF
+                if start + length <= end:
+                    return start
+        start = self.tail if self.tail > floor else floor
+        return start if start <= bound else INF
+
+    def stretches(self, floor: float, length: float, bound: float, out: list[tuple[float, float]]) -> None:
+        """Append (first, end) for each stretch of this GPU in which any start s with first <= s and
+        s + length <= end finds it free for `length`, with first in [floor, bound]: the gaps that can hold
+        `length`, then the tail."""
+        if self.max_gap >= length and floor < self.tail:
+            holes = self.holes
+            i = bisect.bisect_right(self.starts, floor) - 1
+            if i >= 0 and floor + length <= holes[i][1]:
+                out.append((floor, holes[i][1]))
+            for k in range(i + 1, len(holes)):
+                start, end, _ = holes[k]
+                if start > bound:
+                    return
+                if start + length <= end:
+                    out.append((start, end))
+        start = self.tail if self.tail > floor else floor
+        if start <= bound:
+            out.append((start, INF))
 
     def holder_before(self, start: float) -> tuple[float, Holder | None]:
         """The booking that ends last before `start` on this GPU: its end and its holder."""
@@ -76,7 +95,8 @@ class Gpu:
             if start - self.tail >= MIN_GAP_S and len(self.holes) < MAX_GAPS:
                 self.holes.append((self.tail, start, self.tail_holder))
                 self.starts.append(self.tail)
-                self.max_gap = max(self.max_gap, start - self.tail)
+                if start - self.tail > self.max_gap:
+                    self.max_gap = start - self.tail
             self.tail, self.tail_holder = end, holder
             return
         i = self._hole_at(start)
@@ -90,10 +110,11 @@ class Gpu:
             pieces.append((end, hole_end, holder))
         self.holes[i : i + 1] = pieces
         self.starts[i : i + 1] = [p[0] for p in pieces]
-        self._changed()
+        if hole_end - hole_start >= self.max_gap:  # the longest gap may be the one just split
+            self.max_gap = max([e - s for s, e, _ in self.holes], default=0.0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     name: str
     gpus: list[Gpu]  # GPUs gpuyard may use (outside-held ones left out)
@@ -107,19 +128,53 @@ class Node:
 
     def refresh(self) -> None:
         """Recompute the summaries after a booking on this node."""
-        self.tails = sorted(g.tail for g in self.gpus)
-        self.max_gap = max((g.max_gap for g in self.gpus), default=0.0)
+        self.tails = sorted([g.tail for g in self.gpus])
+        self.max_gap = max([g.max_gap for g in self.gpus], default=0.0)
+
+    def earliest(self, count: int, length: float, floor: float, bound: float) -> float:
+        """The earliest start in [floor, bound] at which `count` GPUs of this node are free for `length`;
+        INF if there is none. Exact: every gap is tried (a GPU keeps at most MAX_GAPS of them)."""
+        if count > len(self.gpus):
+            return INF
+        if self.max_gap < length:  # no gap can hold it: only the tails can
+            start = self.tails[count - 1]
+            start = floor if start < floor else start
+            return start if start <= bound else INF
+        if count == 1:
+            best = INF
+            for gpu in self.gpus:
+                start = gpu.first_start(floor, length, bound)
+                if start < best:
+                    best = bound = start
+            return best
+        usable = [g for g in self.gpus if g.max_gap >= length or g.tail <= bound]
+        if len(usable) < count:
+            return INF
+        stretches: list[tuple[float, float]] = []
+        for gpu in usable:
+            gpu.stretches(floor, length, bound, stretches)
+        # Sweep the stretches by their first start; a GPU's stretches never overlap, so the open ones at a
+        # moment belong to distinct GPUs: the first moment `count` are open is the earliest start.
+        stretches.sort()
+        ends: list[float] = []
+        for start, end in stretches:
+            while ends and ends[0] < start + length:
+                heapq.heappop(ends)
+            heapq.heappush(ends, end)
+            if len(ends) >= count:
+                return start
+        return INF
 
 
-@dataclass(frozen=True)
-class Fit:
+class Fit(NamedTuple):
     start: float
     node: Node
     gpus: tuple[Gpu, ...]
 
 
 def free_at(node: Node, start: float) -> int:
-    return sum(1 for g in node.gpus if g.free_for(start, INF))
+    """How many of the node's GPUs are free for good from `start` on."""
+    return bisect.bisect_right(node.tails, start)
 
 
 def choose(ready: list[Gpu], count: int, start: float, links: frozenset[tuple[int, int]]) -> tuple[Gpu, ...]:

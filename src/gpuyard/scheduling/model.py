@@ -37,7 +37,8 @@ class PendingJob:
 
 @dataclass(frozen=True)
 class RunningJob:
-    """A job holding GPUs (dispatched or running). `expected_end_at` None means unknown."""
+    """A job holding GPUs (dispatched or running). `expected_end_at` None means unknown;
+    `time_limit_at` is when the worker stops it (its start plus its time limit), if it has a limit."""
 
     job_id: int
     node: str
@@ -47,6 +48,7 @@ class RunningJob:
     user: str = ""
     source: RuntimeSource = RuntimeSource.DEFAULT
     started_at: datetime | None = None
+    time_limit_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Placement:
     gpu_indices: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Estimate:
     """When a waiting job should start, and why it waits: data, never a log line.
 

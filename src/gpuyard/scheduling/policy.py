@@ -15,11 +15,11 @@ Times inside are float seconds from `now`: datetimes only at the edges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from gpuyard.scheduling.booking import INF, Fit, Gpu, Holder, Node, choose, free_at
+from gpuyard.scheduling.booking import INF, Fit, Gpu, Holder, Node
+from gpuyard.scheduling.cluster import Cluster
 from gpuyard.scheduling.model import (
     Decision,
     Estimate,
@@ -37,8 +37,6 @@ from gpuyard.scheduling.model import (
 _OVERDUE_S = 1.0
 # A job holds its GPUs for at least this long in simulated time, so a GPU is never given twice at one instant.
 _MIN_RUNTIME_S = 1.0
-# Gaps tried per node and job before booking after the last booking (bounds a pass to O(jobs × nodes)).
-_GAPS_TRIED = 8
 # How far the true start may fall from the estimate (early, late), as fractions of the wait, by the weakest
 # source of the runtimes it depends on. Time limits are upper bounds: starts come earlier, not later.
 _BAND = {
@@ -62,8 +60,7 @@ class _Slot(NamedTuple):
     fit: Fit | None
 
 
-@dataclass(frozen=True)
-class _Step:
+class _Step(NamedTuple):
     job: PendingJob
     position: int
     gpus_ahead: int
@@ -84,8 +81,12 @@ def effective_rank(job: PendingJob, rules: Rules) -> int:
 def queue_order(pending: tuple[PendingJob, ...], rules: Rules | None = None) -> list[PendingJob]:
     """Effective priority (highest first); with fair share, less recent GPU time first; then FIFO."""
     rules = rules or Rules()
-    usage = rules.usage_s if rules.fair_share else {}
-    return sorted(pending, key=lambda j: (-effective_rank(j, rules), usage.get(j.user, 0.0), j.seq))
+    if rules.fair_share:
+        usage = rules.usage_s
+        return sorted(pending, key=lambda j: (-effective_rank(j, rules), usage.get(j.user, 0.0), j.seq))
+    if rules.aging_s is None:
+        return sorted(pending, key=lambda j: (-j.priority_rank, j.seq))
+    return sorted(pending, key=lambda j: (-effective_rank(j, rules), j.seq))
 
 
 def expected_runtime(
@@ -114,9 +115,13 @@ class Timeline:
     def __init__(self, request: ScheduleRequest) -> None:
         self.now = request.now
         self.rules = request.rules
+        self.backfill = request.rules.backfill
+        self.user_limit = request.rules.max_gpus_per_user
+        self.aging = request.rules.aging_s is not None
         self.default_runtime_s = request.default_runtime_s
         self.views = request.nodes
-        self.nodes = _build_nodes(request)
+        self.cluster = Cluster(_build_nodes(request))
+        self.nodes = self.cluster.nodes
         self.total = sum(n.size for n in self.nodes)
         self.placements: list[Placement] = []
         self.last_start = 0.0  # without backfill, nobody starts before the job ahead
@@ -126,6 +131,8 @@ class Timeline:
         self.gpus_ahead = 0
         self.user_bookings = _user_bookings(request)
         self.free_now = {n.name: sum(1 for g in n.gpus if g.free_for(0.0, INF)) for n in self.nodes}
+        # GPUs busy once this pass's placements have started (outside-held ones included).
+        self.busy = self.total - sum(self.free_now.values())
         # GPUs free now for at least a moment, by node: none left means no job can start now any more.
         self.open_gpus: dict[str, set[int]] = {}
         for n in self.nodes:
@@ -137,24 +144,21 @@ class Timeline:
         """Whether any GPU is free now, for at least a moment: only then can a job still start now."""
         return bool(self.open_gpus)
 
-    @property
-    def busy(self) -> int:
-        """GPUs busy once this pass's placements have started (outside-held ones included)."""
-        return self.total - sum(self.free_now.values())
-
     def slot(self, job: PendingJob) -> _Slot:
         """Where the next job in line would be booked, without booking it."""
         runtime, source = planned_runtime(job, self.default_runtime_s)
         guaranteed = job.time_limit_s if job.time_limit_s is not None else INF
-        user_floor = self._user_floor(job, runtime)
-        floor = user_floor if self.rules.backfill else max(user_floor, self.last_start)
-        fit = self._earliest_fit(job.gpus, max(guaranteed, _MIN_RUNTIME_S), floor)
+        user_floor = 0.0 if self.user_limit is None else self._user_floor(job, runtime)
+        floor = user_floor if self.backfill else max(user_floor, self.last_start)
+        length = guaranteed if guaranteed > _MIN_RUNTIME_S else _MIN_RUNTIME_S
+        fit = self.cluster.earliest_fit(job.gpus, length, floor)
         return _Slot(runtime, source, guaranteed, user_floor, fit)
 
     def add(self, job: PendingJob, slot: _Slot | None = None) -> _Step:
         """Book the next job in line (at `slot`, when the caller has just found it)."""
-        rank = effective_rank(job, self.rules)
-        self.lowest_rank = rank if self.lowest_rank is None else min(self.lowest_rank, rank)
+        rank = effective_rank(job, self.rules) if self.aging else job.priority_rank
+        if self.lowest_rank is None or rank < self.lowest_rank:
+            self.lowest_rank = rank
         if job.held:
             self.count += 1
             return _Step(
@@ -165,71 +169,68 @@ class Timeline:
             self.count += 1
             reason = _unforeseeable_reason(self.nodes, job.gpus, self.views)
             return _Step(job, self.count, self.gpus_ahead, None, reason, None, RuntimeSource.DEFAULT, False)
-        starts_now = fit.start <= 0.0
-        position, gpus_ahead = (0, 0) if starts_now else (self.count + 1, self.gpus_ahead)
-        if not starts_now:
+        start, node, gpus = fit
+        blocker, start_source = None, source
+        if start > 0.0:
+            position, gpus_ahead = self.count + 1, self.gpus_ahead
             self.count += 1
             self.gpus_ahead += job.gpus
-        before = [g.holder_before(fit.start) for g in fit.gpus]
-        holders = [(end, h) for end, h in before if h is not None]
-        blocker = max(holders, key=lambda eh: (eh[0], eh[1].job_id))[1] if holders and fit.start > 0 else None
-        # The start depends on the ends of the bookings before it; later jobs depend on this one's end too.
-        start_source = source
-        if holders and fit.start > 0:
-            start_source = holders[0][1].source
-            for _, h in holders[1:]:
-                start_source = weakest(start_source, h.source)
-        chain = weakest(start_source, source)
-        backfill = fit.start < self.last_start
-        higher = self.top_rank > rank
-        if starts_now:
-            self.placements.append(
-                Placement(job.job_id, fit.node.name, tuple(sorted(g.index for g in fit.gpus)))
+            blocker, start_source = _blocker(gpus, start, source)
+            # Nothing free now (the usual case far down a line): it waits for GPUs.
+            reason = (
+                self._reason(job, rank, guaranteed, user_floor) if self.open_gpus else WaitReason.GPUS_BUSY
             )
-            self.free_now[fit.node.name] -= job.gpus
-            reason = WaitReason.STARTING
-        elif not self.open_gpus:  # nothing is free now: it waits for GPUs (cheap, and the usual case)
-            reason = WaitReason.GPUS_BUSY
-        elif user_floor > 0.0 and self._fits_at(job.gpus, guaranteed, 0.0):
-            reason = WaitReason.USER_LIMIT
-        elif self._fits_at(job.gpus, guaranteed, 0.0) or any(f >= job.gpus for f in self.free_now.values()):
-            reason = WaitReason.BEHIND_HIGHER_PRIORITY if higher else WaitReason.BEHIND_EARLIER
         else:
-            reason = WaitReason.GPUS_BUSY
-        own = Holder(job.job_id, None, chain)
-        for gpu in fit.gpus:
-            gpu.book(fit.start, fit.start + runtime, own)
-            if gpu.index in self.open_gpus.get(fit.node.name, ()) and not gpu.free_for(0.0, _MIN_RUNTIME_S):
-                self.open_gpus[fit.node.name].discard(gpu.index)
-                if not self.open_gpus[fit.node.name]:
-                    del self.open_gpus[fit.node.name]
-        fit.node.refresh()
-        if self.rules.max_gpus_per_user is not None:
-            self.user_bookings.setdefault(job.user, []).append((fit.start, fit.start + runtime, job.gpus))
-        self.last_start = max(self.last_start, fit.start)
-        self.top_rank = max(self.top_rank, rank)
-        return _Step(job, position, gpus_ahead, fit.start, reason, blocker, start_source, backfill)
+            position, gpus_ahead = 0, 0
+            self.placements.append(Placement(job.job_id, node.name, tuple(sorted(g.index for g in gpus))))
+            self.free_now[node.name] -= job.gpus
+            self.busy += job.gpus
+            reason = WaitReason.STARTING
+        # The start depends on the ends of the bookings before it; later jobs depend on this one's end too.
+        end = start + runtime
+        self.cluster.book(node, gpus, start, end, Holder(job.job_id, None, weakest(start_source, source)))
+        opened = self.open_gpus.get(node.name)
+        if opened is not None:
+            opened.difference_update([g.index for g in gpus if not g.free_for(0.0, _MIN_RUNTIME_S)])
+            if not opened:
+                del self.open_gpus[node.name]
+        if self.user_limit is not None:
+            self.user_bookings.setdefault(job.user, []).append((start, end, job.gpus))
+        backfill = start < self.last_start
+        if start > self.last_start:
+            self.last_start = start
+        if rank > self.top_rank:
+            self.top_rank = rank
+        return _Step(job, position, gpus_ahead, start, reason, blocker, start_source, backfill)
 
     def estimate(self, step: _Step) -> Estimate:
-        start_at = None if step.start is None else self.now + timedelta(seconds=step.start)
-        wait = step.start or 0.0
-        early, late = _BAND[step.source]
-        return Estimate(
-            job_id=step.job.job_id,
-            position=step.position,
-            start_at=start_at,
-            reason=step.reason,
-            gpus_busy=self.busy,
-            gpus_total=self.total,
-            jobs_ahead=max(step.position - 1, 0),
-            gpus_ahead=step.gpus_ahead,
-            blocking_job_id=step.holder.job_id if step.holder else None,
-            blocking_progress=step.holder.progress if step.holder else None,
-            source=step.source,
-            early_s=early * wait,
-            late_s=late * wait,
-            backfill=step.backfill,
+        job, position, gpus_ahead, start, reason, holder, source, backfill = step
+        wait = start or 0.0
+        early, late = _BAND[source]
+        return Estimate(  # positional: ten thousand of these are made in a pass over a long line
+            job.job_id,
+            position,
+            None if start is None else self.now + timedelta(seconds=start),
+            reason,
+            self.busy,
+            self.total,
+            position - 1 if position > 1 else 0,
+            gpus_ahead,
+            None if holder is None else holder.job_id,
+            None if holder is None else holder.progress,
+            source,
+            early * wait,
+            late * wait,
+            backfill,
         )
+
+    def _reason(self, job: PendingJob, rank: int, guaranteed: float, user_floor: float) -> WaitReason:
+        """Why a job that cannot start now waits, while some GPU is free now."""
+        if user_floor > 0.0 and self._fits_at(job.gpus, guaranteed, 0.0):
+            return WaitReason.USER_LIMIT
+        if self._fits_at(job.gpus, guaranteed, 0.0) or any(f >= job.gpus for f in self.free_now.values()):
+            return WaitReason.BEHIND_HIGHER_PRIORITY if self.top_rank > rank else WaitReason.BEHIND_EARLIER
+        return WaitReason.GPUS_BUSY
 
     def _user_floor(self, job: PendingJob, length: float) -> float:
         """The earliest time from which the user's limit leaves room for this job for `length` seconds."""
@@ -248,45 +249,23 @@ class Timeline:
     def _fits_at(self, count: int, length: float, start: float) -> bool:
         return any(sum(1 for g in n.gpus if g.free_for(start, length)) >= count for n in self.nodes)
 
-    def _earliest_fit(self, count: int, length: float, floor: float) -> Fit | None:
-        """The earliest start ≥ floor at which one node has `count` GPUs free for `length`; at equal
-        starts, the node with the fewest free GPUs (large free sets stay whole), then by name.
 
-        Past a node's count-th earliest tail its GPUs are free for good; before that only gaps can hold
-        the job, and only the first few gaps that could beat the best start so far are tried (a bound on
-        the work per job: an untried gap can only make an estimate later, never double-book a GPU)."""
-        floor = max(floor, 0.0)
-        best = INF
-        tied: list[Node] = []
-        for node in self.nodes:  # where `count` GPUs free for good soonest
-            if len(node.gpus) < count:
-                continue
-            start = node.tails[count - 1]
-            start = floor if start < floor else start
-            if start < best:
-                best, tied = start, [node]
-            elif start == best:
-                tied.append(node)
-        if not tied:
-            return None
-        if length < INF:
-            for node in self.nodes:
-                if node.max_gap < length or len(node.gpus) < count:
-                    continue  # without a gap that can hold it, nothing on this node beats `best`
-                if sum(1 for g in node.gpus if g.max_gap >= length or g.tail < best) < count:
-                    continue
-                # The earliest start lies where a gap that can hold the job opens, or where a GPU frees for
-                # good (or at the floor).
-                moments = {t for g in node.gpus for t in g.gap_starts(floor, length, _GAPS_TRIED) if t < best}
-                moments.update(t for t in (max(g.tail, floor) for g in node.gpus) if t < best)
-                for start in sorted(moments)[:_GAPS_TRIED]:
-                    if sum(1 for g in node.gpus if g.free_for(start, length)) >= count:
-                        best, tied = start, [node]
-                        break
-                    # (a start equal to `best` on another node is not tried: the first node found keeps it)
-        winner = tied[0] if len(tied) == 1 else min(tied, key=lambda n: (free_at(n, best), n.name))
-        ready = [g for g in winner.gpus if g.free_for(best, length)]
-        return Fit(best, winner, choose(ready, count, best, winner.links))
+def _blocker(
+    gpus: tuple[Gpu, ...], start: float, source: RuntimeSource
+) -> tuple[Holder | None, RuntimeSource]:
+    """The booking a start after now waits for (the one that ends last before it on the job's GPUs), and
+    the weakest source of the runtimes behind that start."""
+    blocker: Holder | None = None
+    blocker_end = 0.0
+    start_source: RuntimeSource | None = None
+    for gpu in gpus:
+        end, holder = gpu.holder_before(start)
+        if holder is None:
+            continue
+        start_source = holder.source if start_source is None else weakest(start_source, holder.source)
+        if blocker is None or (end, holder.job_id) > (blocker_end, blocker.job_id):
+            blocker, blocker_end = holder, end
+    return blocker, (source if start_source is None else start_source)
 
 
 def schedule(request: ScheduleRequest, *, estimates: bool = True) -> Decision:
@@ -343,14 +322,21 @@ def _build_nodes(request: ScheduleRequest) -> list[Node]:
 
 
 def _running_end(run: RunningJob, request: ScheduleRequest) -> float:
-    """When a running job should free its GPUs, in seconds from now. One past its expected end, with no
-    time limit to stop it, is expected to run about as long again as it has (never less than a moment):
-    assuming it ends any second would book everything behind it right after now and leave no gap."""
+    """When a running job should free its GPUs, in seconds from now: its expected end, never after its
+    time limit stops it, never before a moment from now. One past its expected end is expected to end
+    halfway to its time limit, or without one, to run about as long again as it has: assuming it ends any
+    second would book everything behind it right after now and leave no gap."""
     if run.expected_end_at is None:
         return request.default_runtime_s
     end = _seconds(run.expected_end_at, request.now)
-    if end <= 0 and run.source is not RuntimeSource.TIME_LIMIT and run.started_at is not None:
-        end = _seconds(request.now, run.started_at)
+    limit = None if run.time_limit_at is None else _seconds(run.time_limit_at, request.now)
+    if end <= 0 and run.source is not RuntimeSource.TIME_LIMIT:
+        if limit is not None:
+            end = limit / 2
+        elif run.started_at is not None:
+            end = _seconds(request.now, run.started_at)
+    if limit is not None and limit < end:
+        end = limit
     return max(end, _OVERDUE_S)
 
 

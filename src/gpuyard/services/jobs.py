@@ -342,8 +342,8 @@ class JobService:
         return await self.get(user, job_id)
 
     async def wait(self, user: User, job_id: int) -> tuple[Row, WaitInfo, datetime]:
-        """Where a waiting job stands and why, from a fresh pass (and when that pass ran). Anyone may ask:
-        everyone sees the queue."""
+        """Where a waiting job stands and why, from the current estimates (and when their pass ran).
+        Anyone may ask: everyone sees the queue."""
         async with self._db.read() as conn:
             job = await jobs_repo.get_job(conn, job_id)
         if job is None:
@@ -351,7 +351,9 @@ class JobService:
         what, hint = "has a place in line", f" See where it is with `gpuyard show {job_id}`."
         if job["state"] != JobState.QUEUED.value:
             raise _not_waiting(job, what=what, hint=hint)
-        result = await self._scheduler.run_pass()
+        result = await self._scheduler.current()
+        if job_id not in result.pending:  # it may have joined the line after that pass: ask a new one
+            result = await self._scheduler.run_pass()
         info = wait_info(job, result) if job_id in result.pending else None
         if info is None:  # it left the line meanwhile
             async with self._db.read() as conn:
@@ -373,8 +375,8 @@ class JobService:
         return job, number, data, next_offset
 
     async def queue(self) -> tuple[PassResult, list[Row]]:
-        """Everyone's waiting jobs in line order, with the estimates of a fresh pass."""
-        result = await self._scheduler.run_pass()
+        """Everyone's waiting jobs in line order, with the current estimates."""
+        result = await self._scheduler.current()
         order = sorted(result.decision.estimates.values(), key=lambda e: e.position)
         rows = [result.pending[e.job_id] for e in order if e.job_id in result.pending]
         return result, rows

@@ -1,6 +1,6 @@
 """What /metrics reports about *now* (jobs by state and user, the queue, GPUs and nodes), read at scrape
-time from the database and the scheduler's last pass, so a scrape never runs a scheduling pass; and the
-time series of jobs and GPUs."""
+time from the database and the waiting jobs' estimates (those of `gpuyard queue`: reused while the line
+has not changed); and the time series of jobs and GPUs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gpuyard.adapters.db import dead_repo, jobs_repo, repo, usage_repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.tables import jobs, users, webhook_deliveries
 from gpuyard.domain.jobs import JobState
-from gpuyard.services.scheduler import SchedulerService, node_online
+from gpuyard.services.scheduler import PassResult, node_online
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Snapshot:
 
 
 async def snapshot(
-    db: Database, scheduler: SchedulerService, *, now: datetime, node_lease_s: float
+    db: Database, estimates: PassResult | None, *, now: datetime, node_lease_s: float
 ) -> Snapshot:
     async with db.read() as conn:
         by_state_user = (
@@ -93,7 +93,7 @@ async def snapshot(
         jobs={(state, user): int(n) for state, user, n in by_state_user},
         queue_length=int(length),
         oldest_wait_s=(now - oldest).total_seconds() if oldest is not None else None,
-        next_start_s=_next_start_s(scheduler, now),
+        next_start_s=_next_start_s(estimates, now),
         idle_gpu_jobs=int(idle),
         nodes_up={n["name"]: node_online(n, now=now, node_lease_s=node_lease_s) for n in nodes},
         gpus=gpus,
@@ -102,8 +102,7 @@ async def snapshot(
     )
 
 
-def _next_start_s(scheduler: SchedulerService, now: datetime) -> float | None:
-    last = scheduler.last
+def _next_start_s(last: PassResult | None, now: datetime) -> float | None:
     if last is None:
         return None
     waiting = [e for e in last.decision.estimates.values() if e.position >= 1]

@@ -1,7 +1,9 @@
 """The scheduler shell: load a snapshot, call the pure policy, apply its decision, publish dispatches.
 
 Passes are serialised and coalesced: every caller of `run_pass()` gets the decision of a pass that started
-after its call, and many concurrent callers share one pass.
+after its call, and many concurrent callers share one pass. Estimates for every waiting job cost a walk
+of the whole line, so only callers that show them ask for them (`current()` answers from the last such
+pass while nothing has changed); passes for events and the periodic tick only place jobs.
 """
 
 from __future__ import annotations
@@ -114,7 +116,21 @@ def build_request(
             row, now=now, history=history, default_runtime_s=config.default_runtime_s
         )
         gpus = tuple(row["gpu_indices"])
-        running.append(RunningJob(row["id"], row["node"], gpus, end_at, progress, row["user"], source))
+        began: datetime = row["started_at"] or row["dispatched_at"]
+        limit_at = None if row["time_limit_s"] is None else began + timedelta(seconds=row["time_limit_s"])
+        running.append(
+            RunningJob(
+                row["id"],
+                row["node"],
+                gpus,
+                end_at,
+                progress,
+                row["user"],
+                source,
+                started_at=began,
+                time_limit_at=limit_at,
+            )
+        )
     views = tuple(
         NodeView(
             name=n["name"],
@@ -161,6 +177,7 @@ class SchedulerService:
         clock: Clock,
         config: SchedulingConfig,
         max_extend_age_s: float = 5.0,
+        max_reuse_age_s: float = 5.0,
         telemetry: Telemetry | None = None,
     ) -> None:
         self._telemetry = telemetry or NoTelemetry()
@@ -169,6 +186,7 @@ class SchedulerService:
         self._clock = clock
         self.config = config
         self._max_extend_age_s = max_extend_age_s
+        self._max_reuse_age_s = max_reuse_age_s
         self._history = RuntimeHistory()
         self._usage_s: dict[str, float] = {}
         self._refreshed_at: datetime | None = None
@@ -182,6 +200,10 @@ class SchedulerService:
         # stale once anything else changed (a job ended, a node changed, a submission it missed).
         self._timeline: Timeline | None = None
         self._stale = True
+        # Changes to the line or the GPUs that gpuyard itself makes or hears of (submissions, placements,
+        # queue controls, ended jobs, changed nodes): the last estimates hold while none has happened.
+        self._changes = 0
+        self._last_changes = -1  # the count when the last pass with estimates loaded its snapshot
         self._nodes: dict[str, dict[str, Any]] | None = None
         self._outbox_lock = asyncio.Lock()
         self._wake_tasks: set[asyncio.Task[Any]] = set()
@@ -205,10 +227,23 @@ class SchedulerService:
                 self._completed, self._last = target, result
             return result
 
+    async def current(self) -> PassResult:
+        """Every waiting job's estimate as of now: the last pass with estimates while nothing has changed
+        since it and it is at most `max_reuse_age_s` old (runtimes reported since then wait for the next
+        pass), else a new pass."""
+        last = self._last
+        if (
+            last is not None
+            and self._last_changes == self._changes
+            and (self._clock() - last.now).total_seconds() <= self._max_reuse_age_s
+        ):
+            return last
+        return await self.run_pass()
+
     @property
     def last(self) -> PassResult | None:
-        """The latest pass's result, if any pass ran."""
-        return self._last
+        """The latest pass's result, with or without estimates, if any pass ran."""
+        return self._last_placed
 
     def newcomer(self, job_id: int, *, user: str, spec: JobSpec) -> PendingJob:
         """A job just accepted, as the policy sees it (its expected runtime from history)."""
@@ -228,6 +263,7 @@ class SchedulerService:
     def try_extend(self, jobs: list[PendingJob], *, now: datetime) -> list[Estimate] | None:
         """Estimates for jobs just accepted (in submission order) that join the end of the line, from the
         last pass's timeline. None when a real pass is needed (then the timeline is stale)."""
+        self._changes += 1  # the line has grown: the last pass's estimates miss the newcomers
         if self._timeline is None or self._stale or self._lock.locked():
             self._stale = True
             return None
@@ -251,6 +287,7 @@ class SchedulerService:
     def wake(self) -> None:
         """Something changed: ask for a pass soon, without waiting for it."""
         self._stale = True
+        self._changes += 1
         task = asyncio.get_running_loop().create_task(self._safe_pass())
         self._wake_tasks.add(task)
         task.add_done_callback(self._wake_tasks.discard)
@@ -262,7 +299,9 @@ class SchedulerService:
             log.exception("scheduling pass failed")
 
     async def _pass(self, *, estimates: bool) -> PassResult:
-        self._stale = False  # what changes from here on (a submission, an event) makes it stale again
+        changes = self._changes
+        if estimates:
+            self._stale = False  # what changes from here on (a submission, an event) makes it stale again
         now = self._clock()
         async with self._db.read() as conn:
             pending = await jobs_repo.pending_jobs(conn)
@@ -287,10 +326,13 @@ class SchedulerService:
         decision = schedule(request, estimates=estimates)
         if estimates:
             self._timeline = decision.timeline if isinstance(decision.timeline, Timeline) else None
-        else:
-            self._stale = True  # placements changed the line that the last timeline describes
+            self._last_changes = changes
         waiting = {r["id"]: r for r in pending}
         if decision.placements:
+            # Placed jobs leave the line: estimates that list them as waiting are out of date, and so is
+            # an earlier pass's timeline (this pass's own has booked them).
+            self._changes += 1
+            self._stale = self._stale or not estimates
             rows = await self._apply(decision, pending=waiting, nodes=nodes, now=now)
             await self.flush_outbox(rows)
         largest = max((len(n["gpus"]) for n in nodes), default=None)

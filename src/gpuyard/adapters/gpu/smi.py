@@ -1,13 +1,15 @@
 """GPUs read by running `nvidia-smi` (for machines where NVML cannot be loaded from Python).
 
-Parsing is pure (`parse_gpu_csv`, `parse_apps_csv`); `NvidiaSmiGpus` only runs the two queries. Its
-`runner` lets tests feed recorded output. `nvidia-smi` lists compute processes only (not graphics ones),
-and its index order is PCI bus order, as with NVML.
+Parsing is pure (`parse_gpu_csv`, `parse_apps_csv`, `parse_topology`); `NvidiaSmiGpus` only runs the
+queries. Its `runner` lets tests feed recorded output. `nvidia-smi` lists compute processes only (not
+graphics ones), and its index order is PCI bus order, as with NVML.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import subprocess
 from collections.abc import Callable, Sequence
 
@@ -22,9 +24,17 @@ GPU_QUERY = (
     "--format=csv,noheader,nounits",
 )
 APPS_QUERY = ("--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits")
+TOPOLOGY_QUERY = ("topo", "-m")
 TIMEOUT_S = 10.0
 _GPU_FIELDS = 6
 _APPS_FIELDS = 3
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # the header of `topo -m` is underlined on terminals
+_GPU_LABEL = re.compile(r"GPU(\d+)")
+_NVLINK = re.compile(r"NV(\d+)")  # a bonded set of that many NVLinks
+# The other cells of the GPU matrix: the GPU itself, and paths over PCIe (SOC: SYS on old drivers).
+_NOT_NVLINK = frozenset({"X", "PIX", "PXB", "PHB", "NODE", "SYS", "SOC"})
+
+logger = logging.getLogger(__name__)
 
 
 def run_command(argv: list[str]) -> str:
@@ -103,6 +113,52 @@ def parse_apps_csv(text: str) -> dict[str, list[GpuProcess]]:
     return {uuid: list(dedupe_by_pid(processes)) for uuid, processes in found.items()}
 
 
+def parse_topology(text: str) -> list[tuple[int, int]]:
+    """GPU pairs joined by NVLink (cells NV1, NV2, …), sorted, from the matrix `nvidia-smi topo -m`
+    prints. Rows and columns of NICs, the affinity columns and the legend are skipped."""
+    lines = [_ANSI_ESCAPE.sub("", line) for line in text.splitlines()]
+    header = next((i for i, line in enumerate(lines) if _is_topology_header(line.split())), None)
+    if header is None:
+        raise _unreadable_topology(text.strip().splitlines()[0] if text.strip() else "(nothing)")
+    columns: list[int] = []
+    for token in lines[header].split():
+        label = _GPU_LABEL.fullmatch(token)
+        if label is None:
+            break
+        columns.append(int(label.group(1)))
+    pairs: set[tuple[int, int]] = set()
+    for line in lines[header + 1 :]:
+        tokens = line.split()
+        if tokens[:1] == ["Legend:"]:
+            break
+        if not tokens or re.fullmatch(r"NIC\d+", tokens[0]):
+            continue
+        label = _GPU_LABEL.fullmatch(tokens[0])
+        if label is None or int(label.group(1)) not in columns or len(tokens) <= len(columns):
+            raise _unreadable_topology(line)
+        row = int(label.group(1))
+        for column, cell in zip(columns, tokens[1:], strict=False):
+            if (column == row) != (cell == "X"):
+                raise _unreadable_topology(line)
+            if _NVLINK.fullmatch(cell) and int(cell[2:]) > 0:
+                pairs.add((min(row, column), max(row, column)))
+            elif cell not in _NOT_NVLINK:
+                raise _unreadable_topology(line)
+    return sorted(pairs)
+
+
+def _is_topology_header(tokens: list[str]) -> bool:
+    """The matrix's header: GPU0 first (a GPU's own row starts GPU0 X)."""
+    return tokens[:1] == ["GPU0"] and tokens[1:2] != ["X"]
+
+
+def _unreadable_topology(line: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"`nvidia-smi topo -m` printed a line gpuyard cannot read: {line.strip()!r}. "
+        "Describe the NVLink pairs with GPUYARD_GPU_LINKS instead (for example 0-1,2-3)."
+    )
+
+
 class NvidiaSmiGpus(OutsideProcessesMixin):
     """The GPUs of this machine as `nvidia-smi` reports them."""
 
@@ -118,6 +174,15 @@ class NvidiaSmiGpus(OutsideProcessesMixin):
         return [
             dataclasses.replace(gpu, processes=with_owner_details(apps.get(gpu.uuid, ()))) for gpu in gpus
         ]
+
+    def links(self) -> list[tuple[int, int]]:
+        """GPU pairs joined by NVLink, from `nvidia-smi topo -m`. None when it cannot tell (logged): then
+        the configured map (GPUYARD_GPU_LINKS) applies."""
+        try:
+            return parse_topology(self._query(TOPOLOGY_QUERY))
+        except ConfigurationError as e:
+            logger.warning("no NVLink topology from nvidia-smi: %s", e.detail)
+            return []
 
     def close(self) -> None:
         """Nothing to release: every query is its own process."""

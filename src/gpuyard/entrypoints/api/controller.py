@@ -200,12 +200,13 @@ class Controller:
         await self.scheduler.flush_outbox()
 
     async def _tick(self) -> None:
-        """The periodic wake-up: a scheduling pass and a retry of unpublished dispatches."""
+        """The periodic wake-up: a scheduling pass (placements only: estimates are computed when someone
+        asks for them) and a retry of unpublished dispatches."""
         while True:
             await asyncio.sleep(self.settings.scheduler_tick_s)
             try:
                 await self.leases.check()
-                await self.scheduler.run_pass()
+                await self.scheduler.run_pass(estimates=False)
                 if self.broker_ready.is_set():
                     await self.scheduler.flush_outbox()
             except Exception:

@@ -34,8 +34,9 @@ metrics_router = APIRouter(tags=["observability"])
 async def metrics(controller: ControllerDep) -> Response:
     """Prometheus metrics (text format). Open like /healthz: bind the API to a trusted network."""
     now = controller.clock()
+    estimates = await controller.scheduler.current()
     snapshot = await observe.snapshot(
-        controller.db, controller.scheduler, now=now, node_lease_s=controller.settings.node_lease_s
+        controller.db, estimates, now=now, node_lease_s=controller.settings.node_lease_s
     )
     body = controller.metrics.render(snapshot)
     return Response(body, media_type=CONTENT_TYPE)

@@ -12,8 +12,9 @@ from typing import Annotated
 
 import typer
 
+from gpuyard.scheduling.figures import figures_as_dict, format_report
 from gpuyard.scheduling.model import Rules
-from gpuyard.scheduling.simulator import SimulationError, figures_as_dict, format_report, simulate
+from gpuyard.scheduling.simulator import SimulationError, simulate
 from gpuyard.scheduling.trace import Trace, TraceError, parse_cluster, parse_trace, with_cluster
 
 

@@ -184,7 +184,7 @@ def test_every_operation_answers_generated_requests_as_documented(
     if role == "anonymous":  # a body that is not JSON is refused before the token is looked at
         assert statuses[401] > 100 and set(statuses) <= {200, 401, 422}, statuses
     else:  # the generated requests reach the routes: some are answered, some refused
-        assert statuses[200] and statuses[201] and statuses[404] and statuses[422], statuses
+        assert any(200 <= status < 300 for status in statuses) and statuses[422], statuses
     assert_unchanged(stack, accepted)
 
 
@@ -214,7 +214,7 @@ def test_odd_but_valid_text_is_accepted_and_kept_exactly(
     command = body["command"]
     assert job["command"] == (command if isinstance(command, list) else ["/bin/sh", "-c", command])
     assert job["env"] == body.get("env", {}) and job["workdir"] == body.get("workdir")
-    assert job["name"] == (body.get("name") or "").strip() or job["name"]
+    assert job["name"] == body["name"].strip() if "name" in body else job["name"]
     assert job["state"] == "queued"
     assert_unchanged(stack, accepted)
 
@@ -269,6 +269,9 @@ def test_generated_submissions_are_accepted_as_sent_or_refused_clearly(
             command = body["command"]
             assert job["command"] == (command if isinstance(command, list) else ["/bin/sh", "-c", command])
             assert job["gpus"] == body.get("gpus", 1) and job["env"] == body.get("env", {})
+            assert job["workdir"] == body.get("workdir") and job["time_limit_s"] == body.get("time_limit_s")
+            if (body.get("name") or "").strip():
+                assert job["name"] == body["name"].strip()
 
         submit()
     after = all_jobs(stack)
@@ -277,7 +280,11 @@ def test_generated_submissions_are_accepted_as_sent_or_refused_clearly(
     assert_unchanged(stack, accepted)
 
 
-SEGMENT = st.binary(min_size=1, max_size=24).map(lambda raw: quote(raw, safe=""))
+# Path segments and query values of any bytes, percent-encoded; never only dots, which the client would
+# resolve ("/jobs/.." is "/"), leaving a trailing slash that is redirected.
+SEGMENT = (
+    st.binary(min_size=1, max_size=24).map(lambda raw: quote(raw, safe="")).filter(lambda s: s.strip("."))
+)
 
 
 def test_generated_ids_and_query_strings_are_refused_clearly(

@@ -191,6 +191,10 @@ HOSTILE: list[Hostile] = [
     ),
     Hostile("body-17mib-streamed", "POST", "/api/v1/jobs", 413, "16 MiB", content=_streamed(17 * MiB)),
     Hostile("webhook-17mib", "POST", "/api/v1/webhooks", 413, "16 MiB", content=b" " * 17 * MiB),
+    Hostile("user-17mib", "POST", "/api/v1/users", 413, "16 MiB", content=b" " * 17 * MiB),
+    Hostile(
+        "priority-17mib", "POST", "/api/v1/jobs/{job}/priority", 413, "16 MiB", content=_streamed(17 * MiB)
+    ),
     _submit("argv-5000-args", "arguments", command=["x"] * 5000),
     _submit("argv-70kb", "longer than", command=["x" * 1000] * 70),
     _submit("shell-string-1mb", "longer than", command="x" * MiB),

@@ -4,6 +4,7 @@ database's integers, routing errors, user names; and the text helpers behind the
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,10 +13,12 @@ from pydantic import BaseModel
 
 from gpuyard.domain.errors import InvalidJobSpec, NotAuthenticated
 from gpuyard.domain.text import MAX_QUOTE_CHARS, quote, text_problem
+from gpuyard.entrypoints.api.app import create_app
 from gpuyard.entrypoints.api.deps import MAX_ID, JobId, OffsetQuery
 from gpuyard.entrypoints.api.errors import install_error_handlers
 from gpuyard.entrypoints.api.limits import MAX_BODY_BYTES, BodySizeLimit, declared_length, too_large
 from gpuyard.services.auth import check_user_name
+from gpuyard.settings import Settings
 
 LIMIT = 200_000
 
@@ -139,6 +142,16 @@ async def test_routing_errors_say_what_to_do(client: httpx.AsyncClient) -> None:
         "There is no such path: the API's paths are listed at /docs.",
     )
     assert (await client.get("/private")).headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_the_openapi_documents_the_errors_each_operation_can_answer(tmp_path: Path) -> None:
+    spec = create_app(Settings(data_dir=tmp_path)).openapi()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            documented = set(operation["responses"])
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                assert {"401", "422"} <= documented, (method, path)
+            assert ("413" in documented) == ("requestBody" in operation), (method, path)
 
 
 @pytest.mark.parametrize("name", ["alice\n", "alice\x00", "Alice", "", "a" * 65, "\ud800", "al ice"])

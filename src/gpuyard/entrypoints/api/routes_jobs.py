@@ -34,7 +34,9 @@ from gpuyard.services.waits import STARTING_NOW, wait_info
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)}
-SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 429: {"model": ErrorBody}}
+# Routes that read a body also answer 413 to one over the cap (entrypoints/api/limits.py).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 413: {"model": ErrorBody}}
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**BODY_ERRORS, 429: {"model": ErrorBody}}
 MAX_LOG_BYTES = 1024 * 1024
 
 
@@ -206,7 +208,7 @@ async def release_job(job_id: JobId, user: CurrentUser, controller: ControllerDe
     return job_public(await controller.jobs.release(user, job_id), controller)
 
 
-@router.post("/jobs/{job_id}/priority", response_model=JobPublic, responses=ERRORS)
+@router.post("/jobs/{job_id}/priority", response_model=JobPublic, responses=BODY_ERRORS)
 async def change_priority(
     job_id: JobId, body: PriorityChange, user: CurrentUser, controller: ControllerDep
 ) -> JobPublic:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Response, status
 from gpuyard.adapters.metrics.prometheus import CONTENT_TYPE
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.entrypoints.api.deps import AttemptQuery, ControllerDep, CurrentUser, JobId, WebhookId
-from gpuyard.entrypoints.api.routes_jobs import ERRORS
+from gpuyard.entrypoints.api.routes_jobs import BODY_ERRORS, ERRORS
 from gpuyard.entrypoints.api.schemas_observe import (
     GpuSeries,
     GpusUsage,
@@ -86,7 +86,7 @@ async def gpus_usage(
 
 
 @router.post(
-    "/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated, responses=ERRORS
+    "/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated, responses=BODY_ERRORS
 )
 async def add_webhook(body: WebhookCreate, user: CurrentUser, controller: ControllerDep) -> WebhookCreated:
     """A signed POST on job events: yours, or everyone's (`all_jobs`, admins). The secret is shown once."""

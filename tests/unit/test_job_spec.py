@@ -140,6 +140,14 @@ INVALID = [
     pytest.param({"time_limit_s": True}, "time_limit_s", id="limit-bool"),
     pytest.param({"time_limit_s": 1.5}, "time_limit_s", id="limit-float"),
     pytest.param({"time_limit_s": MAX_TIME_LIMIT_S + 1}, "time_limit_s", id="limit-too-large"),
+    # JSON carries a NUL character and lone surrogates ("\ud800"), which no database, file or process takes
+    pytest.param({"command": "echo \ud800"}, "command", id="cmd-str-surrogate"),
+    pytest.param({"command": ["echo", "\udfff"]}, "command", id="cmd-list-surrogate"),
+    pytest.param({"name": "a\x00b"}, "name", id="name-nul"),
+    pytest.param({"name": "run \ud800"}, "name", id="name-surrogate"),
+    pytest.param({"workdir": "/data/\ud800"}, "working directory", id="workdir-surrogate"),
+    pytest.param({"env": {"V": "\ud800"}}, "environment variable", id="env-value-surrogate"),
+    pytest.param({"env": {"\ud800": "v"}}, "environment variable", id="env-name-surrogate"),
 ]
 
 
@@ -252,3 +260,19 @@ def test_priority_parse_refuses_unknown_names_and_lists_the_valid_ones(text: str
 
 def test_default_priority_is_normal() -> None:
     assert submit().priority is Priority.NORMAL
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sent"),
+    [
+        ({"priority": "p" * 1_000_000}, "p" * 100),
+        ({"env": {"V" * 100_000 + "-": "x"}}, "V" * 100),
+        ({"workdir": "relative/" + "d" * 4000}, "d" * 100),
+        ({"gpus": -(10**40)}, "0" * 30),
+        ({"time_limit_s": -(10**4000)}, "0" * 30),
+    ],
+)
+def test_a_refusal_quotes_what_was_sent_briefly(overrides: dict[str, Any], sent: str) -> None:
+    with pytest.raises(InvalidJobSpec) as caught:
+        submit(**overrides)
+    assert len(caught.value.detail) < 200 and sent not in caught.value.detail

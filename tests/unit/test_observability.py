@@ -65,6 +65,11 @@ def test_server_errors_and_rate_limits_are_retried_other_client_errors_are_final
         ("https:///nohost", None, "json", "not an http(s) URL"),
         ("https://host/x", ["job.started", "job.bored"], "json", "Unknown webhook events ['job.bored']"),
         ("https://host/x", None, "xml", "Unknown webhook format 'xml'"),
+        ("http://[::1/x", None, "json", "is malformed (Invalid IPv6 URL)"),
+        ("http://host:99999/x", None, "json", "is malformed (Port out of range"),
+        ("http://ho\x00st/x", None, "json", "contains spaces or control characters"),
+        ("http://host/a b", None, "json", "contains spaces or control characters"),
+        ("http://host/\ud800", None, "json", "contains spaces or control characters"),
     ],
 )
 def test_bad_webhooks_say_what_to_give(url: str, events: list[str] | None, fmt: str, message: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gpuyard.domain.errors import InvalidJobSpec
+from gpuyard.domain.text import quote, text_problem
 
 MAX_NAME_LEN = 200
 MAX_COMMAND_BYTES = 64 * 1024
@@ -40,7 +41,7 @@ class Priority(StrEnum):
             return cls(value.strip().lower())
         except ValueError:
             names = ", ".join(p.value for p in cls)
-            raise InvalidJobSpec(f"Unknown priority {value!r}: use one of {names}.") from None
+            raise InvalidJobSpec(f"Unknown priority {quote(value)}: use one of {names}.") from None
 
 
 _PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.URGENT: 3}
@@ -103,20 +104,19 @@ def parse_command(command: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(command, str):
         if not command.strip():
             raise InvalidJobSpec("The command is empty: give the program to run, e.g. `python train.py`.")
+        _check_text(command, "The command")
         if len(command.encode()) > MAX_COMMAND_BYTES:
             raise InvalidJobSpec(f"The command is longer than {MAX_COMMAND_BYTES} bytes: put it in a script.")
-        if "\x00" in command:
-            raise InvalidJobSpec("The command contains a NUL byte, which no shell can run: remove it.")
         return ("/bin/sh", "-c", command)
     argv = tuple(command)
     if not argv or not argv[0].strip():
         raise InvalidJobSpec("The command is empty: give the program to run, e.g. ['python', 'train.py'].")
     if len(argv) > MAX_ARGS:
         raise InvalidJobSpec(f"The command has more than {MAX_ARGS} arguments: put it in a script.")
+    for arg in argv:
+        _check_text(arg, "The command")
     if sum(len(a.encode()) + 1 for a in argv) > MAX_COMMAND_BYTES:
         raise InvalidJobSpec(f"The command is longer than {MAX_COMMAND_BYTES} bytes: put it in a script.")
-    if any("\x00" in a for a in argv):
-        raise InvalidJobSpec("The command contains a NUL byte, which no program can receive: remove it.")
     return argv
 
 
@@ -145,7 +145,7 @@ def make_spec(
 
     argv = parse_command(command)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise InvalidJobSpec(f"gpus must be a whole number of at least 1, not {gpus!r}.")
+        raise InvalidJobSpec(f"gpus must be a whole number of at least 1, not {quote(gpus)}.")
     if gpus > MAX_GPUS_PER_JOB:
         raise InvalidJobSpec(f"gpus must be at most {MAX_GPUS_PER_JOB}; ask for fewer GPUs.")
     prio = Priority.parse(priority)
@@ -154,15 +154,19 @@ def make_spec(
         clean_name = default_name(command if isinstance(command, str) else argv)[:MAX_NAME_LEN]
     if len(clean_name) > MAX_NAME_LEN:
         raise InvalidJobSpec(f"The name is longer than {MAX_NAME_LEN} characters: shorten it.")
+    _check_text(clean_name, "The name")
     if workdir is not None:
-        if not workdir.strip() or len(workdir) > MAX_WORKDIR_LEN or "\x00" in workdir:
+        if not workdir.strip() or len(workdir) > MAX_WORKDIR_LEN:
             raise InvalidJobSpec("The working directory must be a non-empty path under 4096 characters.")
+        _check_text(workdir, "The working directory")
         if not os.path.isabs(workdir):
-            raise InvalidJobSpec(f"The working directory {workdir!r} must be an absolute path.")
+            raise InvalidJobSpec(f"The working directory {quote(workdir)} must be an absolute path.")
     clean_env = _check_env(env or {})
     if time_limit_s is not None:
         if isinstance(time_limit_s, bool) or not isinstance(time_limit_s, int) or time_limit_s < 1:
-            raise InvalidJobSpec(f"time_limit_s must be a whole number of seconds ≥ 1, not {time_limit_s!r}.")
+            raise InvalidJobSpec(
+                f"time_limit_s must be a whole number of seconds ≥ 1, not {quote(time_limit_s)}."
+            )
         if time_limit_s > MAX_TIME_LIMIT_S:
             raise InvalidJobSpec(f"time_limit_s must be at most {MAX_TIME_LIMIT_S} (60 days).")
     if max_attempts is not None:
@@ -190,13 +194,23 @@ def _check_env(env: Mapping[str, str]) -> dict[str, str]:
             or not (key[0].isalpha() or key[0] == "_")
             or not all(c.isalnum() or c == "_" for c in key)
         ):
-            raise InvalidJobSpec(f"Environment variable name {key!r} is invalid: use letters, digits and _.")
+            raise InvalidJobSpec(
+                f"Environment variable name {quote(key)} is invalid: use letters, digits and _."
+            )
         if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
             raise InvalidJobSpec(f"Environment variable {key} is set by gpuyard itself and cannot be given.")
-        if not isinstance(value, str) or "\x00" in value or len(value.encode()) > MAX_ENV_VALUE_BYTES:
-            raise InvalidJobSpec(f"Environment variable {key} must be a string under 16 KiB without NUL.")
+        if not isinstance(value, str) or text_problem(value) or len(value.encode()) > MAX_ENV_VALUE_BYTES:
+            raise InvalidJobSpec(
+                f"Environment variable {key} must be a string under 16 KiB without NUL or lone surrogates."
+            )
         clean[key] = value
     return clean
+
+
+def _check_text(text: str, what: str) -> None:
+    problem = text_problem(text)
+    if problem is not None:
+        raise InvalidJobSpec(f"{what} {problem}: remove it.")
 
 
 _RUN_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuyard.domain.errors import InvalidWebhook
+from gpuyard.domain.text import quote
 
 EVENTS = ("job.started", "job.finished", "job.failed", "job.cancelled", "job.dead_lettered", "job.idle_gpu")
 FORMATS = ("json", "slack")
@@ -27,15 +28,23 @@ END_EVENTS = {
 
 def check_webhook(url: str, events: list[str] | None, fmt: str) -> list[str]:
     """Validate a webhook's URL, events and format; returns its events (every event when none given)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidWebhook(f"Webhook URL {url!r} is not an http(s) URL: give e.g. https://host/path.")
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # each raises ValueError on a malformed URL
+    except ValueError as e:
+        raise InvalidWebhook(f"Webhook URL {quote(url)} is malformed ({e}): give e.g. https://host/") from e
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidWebhook(f"Webhook URL {quote(url)} is not an http(s) URL: give e.g. https://host/path.")
+    if not url.isprintable() or " " in url:
+        raise InvalidWebhook(
+            f"Webhook URL {quote(url)} contains spaces or control characters: percent-encode them (%20)."
+        )
     chosen = list(dict.fromkeys(events)) if events else list(EVENTS)
     unknown = [e for e in chosen if e not in EVENTS]
     if unknown:
-        raise InvalidWebhook(f"Unknown webhook events {unknown}: use some of {', '.join(EVENTS)}.")
+        raise InvalidWebhook(f"Unknown webhook events {quote(unknown)}: use some of {', '.join(EVENTS)}.")
     if fmt not in FORMATS:
-        raise InvalidWebhook(f"Unknown webhook format {fmt!r}: use json or slack.")
+        raise InvalidWebhook(f"Unknown webhook format {quote(fmt)}: use json or slack.")
     return chosen
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from gpuyard.adapters.db import repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.domain.errors import InvalidJobSpec, NotAuthenticated
+from gpuyard.domain.text import quote
 from gpuyard.services.ports import Clock
 
 TOKEN_PREFIX = "gy_"
-_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ def hash_token(token: str) -> str:
 
 
 def check_user_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidJobSpec(
-            f"User name {name!r} is invalid: use up to 64 lower-case letters, digits, '.', '-' or '_', "
+            f"User name {quote(name)} is invalid: use up to 64 lower-case letters, digits, '.', '-' or '_', "
             "starting with a letter or '_'."
         )
     return name

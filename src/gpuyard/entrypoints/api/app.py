@@ -11,6 +11,7 @@ from gpuyard import __version__
 from gpuyard.entrypoints.api import routes_dead, routes_jobs, routes_observe, routes_system
 from gpuyard.entrypoints.api.controller import Controller
 from gpuyard.entrypoints.api.errors import install_error_handlers
+from gpuyard.entrypoints.api.limits import BodySizeLimit
 from gpuyard.settings import Settings
 
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.controller = controller
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
     app.include_router(routes_jobs.router)
     app.include_router(routes_system.router)
     app.include_router(routes_system.health_router)

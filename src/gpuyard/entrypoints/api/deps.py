@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gpuyard.entrypoints.api.controller import Controller
 from gpuyard.services.auth import User
+
+# Ids and attempt numbers are INTEGER columns (32 bits on PostgreSQL), log offsets BIGINT. A number past
+# them names nothing, and the database driver would fail on it: such a request is refused with 422 here.
+MAX_ID = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
+WebhookId = Annotated[int, Path(ge=1, le=MAX_ID, description="The webhook's id.")]
+DeadLetterId = Annotated[int, Path(ge=1, le=MAX_ID, description="The dead letter's id.")]
+AttemptQuery = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Default: the current attempt.")]
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Byte offset to read from.")]
 
 _bearer = HTTPBearer(auto_error=False, description="A gpuyard token: `Authorization: Bearer gy_…`.")
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +30,13 @@ STATUS: dict[type[e.GpuyardError], int] = {
 }
 
 
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+UNREADABLE_BODY = (
+    "The request body is not readable JSON (not UTF-8, nested too deeply, or a number too long): send a JSON "
+    "object encoded as UTF-8. See /docs for the expected request."
+)
+
+
 def status_of(error: e.GpuyardError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS:
@@ -33,12 +44,51 @@ def status_of(error: e.GpuyardError) -> int:
     return 400
 
 
+# What a body that is not a JSON object gets told (FastAPI leaves a body of another type as raw bytes).
+_NOT_AN_OBJECT = "must be a JSON object, sent with Content-Type: application/json"
+_BODY_PROBLEMS = {
+    "model_attributes_type": _NOT_AN_OBJECT,
+    "missing": "missing; it " + _NOT_AN_OBJECT,
+}
+
+
+def _validation_problem(err: Mapping[str, Any]) -> str:
+    loc = tuple(err.get("loc", ()))
+    kind = err.get("type")
+    if kind == "json_invalid":
+        why = err.get("ctx", {}).get("error", "it cannot be decoded")
+        return f"body: not valid JSON ({why}, at character {loc[-1]})"
+    if loc == ("body",) and kind in _BODY_PROBLEMS:
+        return f"body: {_BODY_PROBLEMS[kind]}"
+    where = ".".join(str(x) for x in loc if x != "body") or "body"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
 def _validation_detail(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:10]:
-        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) + ". See /docs for the expected request."
+    problems = [_validation_problem(err) for err in exc.errors()[:10]]
+    return "; ".join(problems) + ". See /docs for the expected request."
+
+
+def _allowed_methods(request: Request, exc: StarletteHTTPException) -> str:
+    """Every method the path takes, from the OpenAPI description. (Routing's 405 names the methods of one
+    route only: PUT /jobs would be told POST and not GET, which is another route.)"""
+    methods = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]*\}", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods)) or (exc.headers or {}).get("Allow", "another method")
+
+
+def _http_answer(request: Request, exc: StarletteHTTPException) -> tuple[str, Mapping[str, str] | None]:
+    """Routing's own errors, in words that say what to do, and their headers."""
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return "There is no such path: the API's paths are listed at /docs.", exc.headers
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request, exc)
+        detail = f"This path does not take {request.method}: use {allowed} (see /docs)."
+        return detail, {**(exc.headers or {}), "Allow": allowed}
+    return exc.detail, exc.headers
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -54,6 +104,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "invalid_request", "detail": _validation_detail(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's only 400: a body that json.loads cannot read
+            return JSONResponse({"error": "invalid_request", "detail": UNREADABLE_BODY}, status_code=422)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        detail, headers = _http_answer(request, exc)
+        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=headers)

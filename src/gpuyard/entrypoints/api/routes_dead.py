@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
+from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser, DeadLetterId, JobId
 from gpuyard.entrypoints.api.routes_jobs import ERRORS, job_public
 from gpuyard.entrypoints.api.schemas import JobPublic
 
@@ -43,13 +43,15 @@ async def list_dead(
 
 
 @router.post("/dead/{dead_id}/requeue", response_model=DeadLetterPublic, responses=ERRORS)
-async def requeue_dead(dead_id: int, user: CurrentUser, controller: ControllerDep) -> DeadLetterPublic:
+async def requeue_dead(
+    dead_id: DeadLetterId, user: CurrentUser, controller: ControllerDep
+) -> DeadLetterPublic:
     """Send it back: a job to the line with a fresh budget of attempts; a message to where it was going."""
     return DeadLetterPublic(**await controller.dead.requeue(user, dead_id))
 
 
 @router.post("/jobs/{job_id}/requeue", response_model=JobPublic, responses=ERRORS)
-async def requeue_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+async def requeue_job(job_id: JobId, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Send a failed or timed-out job back in line (same id, a fresh budget of attempts)."""
     await controller.dead.requeue_job(user, job_id)
     return job_public(await controller.jobs.get(user, job_id), controller)

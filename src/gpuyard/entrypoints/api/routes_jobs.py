@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from gpuyard.domain.errors import GpuyardError, InvalidJobSpec
 from gpuyard.domain.jobs import JobState, Priority, make_spec, tensorboard_run
 from gpuyard.entrypoints.api.controller import Controller
-from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
+from gpuyard.entrypoints.api.deps import MAX_ID, AttemptQuery, ControllerDep, CurrentUser, JobId, OffsetQuery
 from gpuyard.entrypoints.api.schemas import (
     AttemptPublic,
     ErrorBody,
@@ -29,12 +29,15 @@ from gpuyard.entrypoints.api.schemas import (
     QueueEntry,
     QueuePublic,
 )
+from gpuyard.services.auth import check_user_name
 from gpuyard.services.waits import STARTING_NOW, wait_info
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)}
-SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 429: {"model": ErrorBody}}
+# Routes that read a body also answer 413 to one over the cap (entrypoints/api/limits.py).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 413: {"model": ErrorBody}}
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**BODY_ERRORS, 429: {"model": ErrorBody}}
 MAX_LOG_BYTES = 1024 * 1024
 
 
@@ -180,9 +183,11 @@ async def list_jobs(
     submitted_before: Annotated[datetime | None, Query(description="Submitted before this time.")] = None,
 ) -> JobsPublic:
     """Jobs, newest first. Users see their own; admins anyone's."""
+    if owner is not None:
+        check_user_name(owner)
     before_id = None
     if cursor is not None:
-        if not cursor.isdigit():
+        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 10 and int(cursor) <= MAX_ID):
             raise InvalidJobSpec("The cursor is invalid: pass the `next_cursor` of the previous page.")
         before_id = int(cursor)
     rows = await controller.jobs.list_jobs(
@@ -201,32 +206,32 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=ERRORS)
-async def get_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+async def get_job(job_id: JobId, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """One job with its attempts (node, GPUs, start, end, exit code)."""
     return job_public(await controller.jobs.get(user, job_id, with_attempts=True), controller)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
-async def cancel_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+async def cancel_job(job_id: JobId, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Cancel a job: a waiting one at once; a running one gets SIGTERM, then SIGKILL after a grace period."""
     return job_public(await controller.jobs.cancel(user, job_id), controller)
 
 
 @router.post("/jobs/{job_id}/hold", response_model=JobPublic, responses=ERRORS)
-async def hold_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+async def hold_job(job_id: JobId, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Hold a waiting job: it keeps its place in line but does not start until released."""
     return job_public(await controller.jobs.hold(user, job_id), controller)
 
 
 @router.post("/jobs/{job_id}/release", response_model=JobPublic, responses=ERRORS)
-async def release_job(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobPublic:
+async def release_job(job_id: JobId, user: CurrentUser, controller: ControllerDep) -> JobPublic:
     """Release a held job: it starts when its turn comes."""
     return job_public(await controller.jobs.release(user, job_id), controller)
 
 
-@router.post("/jobs/{job_id}/priority", response_model=JobPublic, responses=ERRORS)
+@router.post("/jobs/{job_id}/priority", response_model=JobPublic, responses=BODY_ERRORS)
 async def change_priority(
-    job_id: int, body: PriorityChange, user: CurrentUser, controller: ControllerDep
+    job_id: JobId, body: PriorityChange, user: CurrentUser, controller: ControllerDep
 ) -> JobPublic:
     """Give a waiting job another priority. Within a priority, jobs keep their submission order."""
     priority = Priority.parse(body.priority)
@@ -234,7 +239,7 @@ async def change_priority(
 
 
 @router.get("/jobs/{job_id}/wait", response_model=JobWaitPublic, responses=ERRORS)
-async def job_wait(job_id: int, user: CurrentUser, controller: ControllerDep) -> JobWaitPublic:
+async def job_wait(job_id: JobId, user: CurrentUser, controller: ControllerDep) -> JobWaitPublic:
     """Where a waiting job stands: place in line, estimated start with its band, and why it waits.
     Anyone may ask, as anyone sees the queue; a job that is not waiting gets 409."""
     row, wait, now = await controller.jobs.wait(user, job_id)
@@ -243,11 +248,11 @@ async def job_wait(job_id: int, user: CurrentUser, controller: ControllerDep) ->
 
 @router.get("/jobs/{job_id}/logs", response_model=LogsPublic, responses=ERRORS)
 async def job_logs(
-    job_id: int,
+    job_id: JobId,
     user: CurrentUser,
     controller: ControllerDep,
-    offset: Annotated[int, Query(ge=0, description="Byte offset to read from.")] = 0,
-    attempt: Annotated[int | None, Query(ge=1, description="Default: the current attempt.")] = None,
+    offset: OffsetQuery = 0,
+    attempt: AttemptQuery = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = 256 * 1024,
 ) -> LogsPublic:
     """Output (stdout and stderr) of a job from a byte offset; poll with `next_offset`."""
@@ -283,10 +288,10 @@ def _complete_utf8(data: bytes, next_offset: int) -> tuple[str, int]:
 
 @router.get("/jobs/{job_id}/logs/follow", responses=ERRORS, response_class=StreamingResponse)
 async def follow_logs(
-    job_id: int,
+    job_id: JobId,
     user: CurrentUser,
     controller: ControllerDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
 ) -> StreamingResponse:
     """The job's output as a text stream that ends when the job ends (like `tail -f`)."""
     await controller.jobs.get(user, job_id)  # 404 / 403 before the stream starts

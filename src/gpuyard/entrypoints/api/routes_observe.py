@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from gpuyard.adapters.metrics.prometheus import CONTENT_TYPE
-from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
-from gpuyard.entrypoints.api.routes_jobs import ERRORS
+from gpuyard.entrypoints.api.deps import AttemptQuery, ControllerDep, CurrentUser, JobId, WebhookId
+from gpuyard.entrypoints.api.routes_jobs import BODY_ERRORS, ERRORS
 from gpuyard.entrypoints.api.schemas_observe import (
     GpuSeries,
     GpusUsage,
@@ -44,10 +44,10 @@ async def metrics(controller: ControllerDep) -> Response:
 
 @router.get("/jobs/{job_id}/series", response_model=JobSeries, responses=ERRORS)
 async def job_series(
-    job_id: int,
+    job_id: JobId,
     user: CurrentUser,
     controller: ControllerDep,
-    attempt: Annotated[int | None, Query(ge=1, description="Default: the current attempt.")] = None,
+    attempt: AttemptQuery = None,
     max_points: Annotated[int, Query(ge=2, le=10_000)] = 1000,
 ) -> JobSeries:
     """The job's GPU usage and the metrics it reported, over time (thinned to `max_points`)."""
@@ -80,7 +80,7 @@ async def gpus_usage(
 
 
 @router.post(
-    "/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated, responses=ERRORS
+    "/webhooks", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated, responses=BODY_ERRORS
 )
 async def add_webhook(body: WebhookCreate, user: CurrentUser, controller: ControllerDep) -> WebhookCreated:
     """A signed POST on job events: yours, or everyone's (`all_jobs`, admins). The secret is shown once."""
@@ -97,14 +97,14 @@ async def list_webhooks(user: CurrentUser, controller: ControllerDep) -> list[We
 
 
 @router.delete("/webhooks/{hook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-async def remove_webhook(hook_id: int, user: CurrentUser, controller: ControllerDep) -> Response:
+async def remove_webhook(hook_id: WebhookId, user: CurrentUser, controller: ControllerDep) -> Response:
     await controller.webhooks.remove(user, hook_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/webhooks/{hook_id}/deliveries", response_model=list[WebhookDelivery], responses=ERRORS)
 async def webhook_deliveries(
-    hook_id: int,
+    hook_id: WebhookId,
     user: CurrentUser,
     controller: ControllerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from gpuyard.domain.errors import PermissionDenied
 from gpuyard.entrypoints.api.deps import ControllerDep, CurrentUser
-from gpuyard.entrypoints.api.routes_jobs import ERRORS
+from gpuyard.entrypoints.api.routes_jobs import BODY_ERRORS, ERRORS
 from gpuyard.entrypoints.api.schemas import (
     GpuProcessPublic,
     GpuPublic,
@@ -70,7 +70,7 @@ def _require_admin(user: User) -> None:
         raise PermissionDenied("Only admins can manage users: ask an admin.")
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserCreated, responses=ERRORS)
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserCreated, responses=BODY_ERRORS)
 async def add_user(body: UserCreate, user: CurrentUser, controller: ControllerDep) -> UserCreated:
     """Create a user and its token (admins). The token is shown once."""
     _require_admin(user)

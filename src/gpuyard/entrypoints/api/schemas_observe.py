@@ -49,7 +49,11 @@ class WebhookCreate(BaseModel):
     format: Literal["json", "slack"] = Field("json", description='json, or slack ({"text": ...}).')
     all_jobs: bool = Field(False, description="Every user's jobs, not just yours (admins).")
     secret: str | None = Field(
-        None, min_length=16, max_length=128, description="HMAC key; default: a random one, shown once."
+        None,
+        min_length=16,
+        max_length=128,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="HMAC key, without control characters; default: a random one, shown once.",
     )
 
 

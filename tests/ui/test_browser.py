@@ -17,7 +17,8 @@ import pytest
 
 from gpuyard.adapters.broker.local import free_port
 from gpuyard.entrypoints.ui.launch import wait_healthy
-from tests.support.stack import Stack, held_job, release, running_stack
+from gpuyard.entrypoints.ui.remember import COOKIE
+from tests.support.stack import Stack, held_job, release, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +133,13 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.page.get_by_role("button", name="Sign in").click()
     me.see("Signed in as")
     me.see("Nobody is waiting")
-    me.page.reload()  # the sign-in is kept for the browser session
+    # The page sets the session cookie by loading a one-time link; once the browser has it, a reload
+    # keeps the sign-in for the browser session.
+    wait_for(
+        lambda: any(c["name"] == COOKIE for c in me.page.context.cookies()),
+        what="the browser to get the session cookie",
+    )
+    me.page.reload()
     me.see("Nobody is waiting")
 
     with stack.admin() as api:

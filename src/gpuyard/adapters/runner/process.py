@@ -32,6 +32,8 @@ _POLL_S = 0.1
 _LAUNCH_TIMEOUT_S = 30.0
 _OOM_SCAN_BYTES = 1024 * 1024
 _OOM_MARKERS = (b"CUDA out of memory", b"OutOfMemoryError", b"CUDA error: out of memory")
+# isolated, and without site-packages: the supervisor needs the standard library only
+SUPERVISOR_ARGV = (sys.executable, "-I", "-S", str(Path(__file__).with_name("supervisor.py")))
 
 
 class LaunchError(Exception):
@@ -63,6 +65,7 @@ class JobProcess:
         self._job: dict[str, Any] | None = None
         self._supervisor: dict[str, Any] | None = None
         self._child: asyncio.subprocess.Process | None = None
+        self._child_exit: asyncio.Future[int] | None = None
         self._stop_reason: str | None = None
 
     @property
@@ -103,17 +106,22 @@ class JobProcess:
         fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the job's environment
         with os.fdopen(fd, "w") as f:
             json.dump(spec, f)
-        with open(self.state_dir / "supervisor.log", "ab") as errors:  # noqa: ASYNC230 - local, microseconds
-            self._child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gpuyard.adapters.runner.supervisor",
-                str(self.state_dir),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=errors,
-                stderr=errors,
-                start_new_session=True,
-            )
+        self._child = await SPARES.take()
+        if self._child is not None:  # a supervisor started ahead of need: tell it where its job is
+            assert self._child.stdin is not None
+            self._child.stdin.write(f"{self.state_dir}\n".encode())
+            await self._child.stdin.drain()
+            self._child.stdin.close()
+        else:
+            with open(self.state_dir / "supervisor.log", "ab") as errors:  # noqa: ASYNC230 - local, quick
+                self._child = await asyncio.create_subprocess_exec(
+                    *SUPERVISOR_ARGV,
+                    str(self.state_dir),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=errors,
+                    stderr=errors,
+                    start_new_session=True,
+                )
         waited = 0.0
         while waited < _LAUNCH_TIMEOUT_S:
             status = read_json(self.state_dir / "status.json")
@@ -153,12 +161,24 @@ class JobProcess:
             if not alive(self._supervisor) and read_json(self.state_dir / "status.json") is None:
                 await self._tail()
                 return ExitStatus(None, None, self._stop_reason, False, vanished=True)
-            await asyncio.sleep(_POLL_S)
+            await self._pause()
         if self._child is not None:
             await self._child.wait()  # reap it
+            if self._child_exit is not None:
+                await self._child_exit
         exit_code, sig = status.get("exit_code"), status.get("signal")
         oom = exit_code != 0 and self._oom_in_output()
         return ExitStatus(exit_code, sig, status.get("stop_reason"), oom)
+
+    async def _pause(self) -> None:
+        """Until the next look: at most `_POLL_S`, less when our own child (the supervisor) exits first,
+        which it does as soon as it has written the job's status."""
+        if self._child is None:
+            await asyncio.sleep(_POLL_S)
+            return
+        if self._child_exit is None:
+            self._child_exit = asyncio.ensure_future(self._child.wait())
+        await asyncio.wait({self._child_exit}, timeout=_POLL_S)
 
     async def _tail(self) -> None:
         try:
@@ -197,6 +217,48 @@ class JobProcess:
     def _supervisor_log(self) -> str:
         text = _read_text(self.state_dir / "supervisor.log") or "no output"
         return text[-500:]
+
+
+class SpareSupervisors:
+    """One supervisor kept started ahead of need (its interpreter up, its modules imported), so that a
+    job's start does not wait for one: taken at a launch, replaced at once. Idle, it waits on its stdin
+    and ends when that closes, so it never outlives its worker for long."""
+
+    def __init__(self) -> None:
+        self._spare: asyncio.Task[asyncio.subprocess.Process] | None = None
+
+    async def take(self) -> asyncio.subprocess.Process | None:
+        """A ready spare, if there is one (the first launch has none); a new one starts meanwhile."""
+        spare = self._spare
+        self._spare = asyncio.ensure_future(self._start())
+        if spare is None or not spare.done() or spare.exception() is not None:
+            return None
+        process = spare.result()
+        return process if process.returncode is None else None
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *SUPERVISOR_ARGV,
+            "--spare",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    async def close(self) -> None:
+        """End the idle spare (closing its stdin tells it to exit)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        with contextlib.suppress(Exception):
+            process = await spare
+            if process.stdin is not None:
+                process.stdin.close()
+            await asyncio.wait_for(process.wait(), timeout=5)
+
+
+SPARES = SpareSupervisors()
 
 
 def _read_text(path: Path) -> str | None:

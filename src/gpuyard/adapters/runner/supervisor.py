@@ -1,6 +1,6 @@
 """The supervisor of one job attempt: a small process that outlives the worker.
 
-    python -m gpuyard.adapters.runner.supervisor STATE_DIR
+    python -I -S .../gpuyard/adapters/runner/supervisor.py STATE_DIR
 
 It starts the job in a session (and process group) of its own, with its output appended to a file, enforces
 the time limit, stops the job when asked (SIGTERM to the supervisor, the reason in STATE_DIR/stop), and
@@ -11,8 +11,9 @@ elsewhere. The worker talks to it through these files
 only, so a worker that restarts finds the job running, or finds how it ended while the worker was away.
 
 Files in STATE_DIR: spec.json (written by the worker: argv, env, workdir, output, time_limit_s,
-kill_grace_s), supervisor.json and job.json (pid and start time of each, to tell a live process from a
-reused pid), stop, status.json. Standard library only: it starts in milliseconds.
+kill_grace_s, lease_file, fence_s), supervisor.json and job.json (pid and start time of each, to tell a
+live process from a reused pid), stop, status.json. Standard library only, run by its path without
+site-packages: it starts in milliseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -123,13 +125,21 @@ class Supervisor:
         return 0
 
     def _watch(self, job: subprocess.Popen[bytes]) -> int:
+        """Wait for the job (blocking, so its end is seen at once) while a thread enforces the rest."""
+        done = threading.Event()
+        watcher = threading.Thread(target=self._enforce, args=(job, done), daemon=True)
+        watcher.start()
+        try:
+            return job.wait()
+        finally:
+            done.set()
+            watcher.join()
+
+    def _enforce(self, job: subprocess.Popen[bytes], done: threading.Event) -> None:
+        """Stop requests, the time limit, the lease, and SIGKILL after the grace period."""
         limit_s = self.spec.get("time_limit_s")
         deadline = time.monotonic() + limit_s if limit_s else None
-        while True:
-            try:
-                return job.wait(timeout=POLL_S)
-            except subprocess.TimeoutExpired:
-                pass
+        while not done.wait(POLL_S):
             now = time.monotonic()
             if self.stop_reason is None:
                 if self.stop_requested:
@@ -177,5 +187,23 @@ def _launch_error(spec: dict[str, Any], e: OSError) -> str:
     return f"cannot start {program!r}: {e}"
 
 
+def main(argv: list[str]) -> int:
+    """`supervisor.py STATE_DIR`, or `supervisor.py --spare`: started ahead of need, it waits for its state
+    directory on stdin (one line), so a job starts without waiting for an interpreter to start; EOF (the
+    worker went away) ends it."""
+    if argv[1:] == ["--spare"]:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        line = sys.stdin.readline().strip()
+        if not line:
+            return 0
+        state_dir = Path(line)
+        log = os.open(state_dir / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
+        os.close(log)
+    else:
+        state_dir = Path(argv[1])
+    return Supervisor(state_dir).run()
+
+
 if __name__ == "__main__":
-    sys.exit(Supervisor(Path(sys.argv[1])).run())
+    sys.exit(main(sys.argv))

@@ -24,7 +24,7 @@ from gpuyard.adapters.broker.messages import (
 )
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
 from gpuyard.adapters.gpu.base import GpuBackend
-from gpuyard.adapters.runner.process import LaunchError
+from gpuyard.adapters.runner.process import SPARES, LaunchError
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
 from gpuyard.entrypoints.worker.attempt import Attempt, active_dir, lease_file
@@ -111,6 +111,7 @@ class Worker:
             )
         for task in list(self._tasks):
             task.cancel()
+        await SPARES.close()
         await self.broker.close()
         self.gpus.close()
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gpuyard.client import ApiError, ApiUnreachable
-from gpuyard.entrypoints.ui import listings, views
+from gpuyard.entrypoints.ui import cards, listings, views
 from gpuyard.entrypoints.ui.forms import (
     SubmitForm,
     parse_command,
@@ -209,19 +209,19 @@ def job(**over: Any) -> dict[str, Any]:
     ],
 )
 def test_estimated_end(over: dict[str, Any], minutes: int | None, source: str) -> None:
-    end, said = views.estimated_end(job(**over), now=NOW)
+    end, said = cards.estimated_end(job(**over), now=NOW)
     started = NOW - timedelta(minutes=10)
     assert end == (None if minutes is None else started + timedelta(minutes=minutes))
     assert said == source
 
 
 def test_running_view() -> None:
-    view = views.running_view(
+    view = cards.running_view(
         job(progress=0.5, progress_step=50.0, progress_total=100.0, metrics={"loss": 0.5}), now=NOW
     )
     assert view.title == "Job 5 · digits" and view.gpus == "box GPUs 0, 1" and view.elapsed == "10m00s"
     assert view.progress_text == "50% (step 50 of 100)" and "from progress" in view.ends
-    bare = views.running_view(job(), now=NOW)
+    bare = cards.running_view(job(), now=NOW)
     assert "gpuyard.report" in bare.progress_text and bare.ends.startswith("unknown")
 
 
@@ -291,10 +291,10 @@ def test_gpu_rows_summary_and_others() -> None:
     assert listings.gpu_summary({"gpus": gpus}) == (
         "2 of 3 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard; 1 on offline nodes."
     )
-    assert views.others_running(gpus, shown=set()) == [
+    assert cards.others_running(gpus, shown=set()) == [
         {"job": 9, "owner": "bob", "name": "big", "node": "box", "GPUs": "0, 1"}
     ]
-    assert views.others_running(gpus, shown={9}) == []
+    assert cards.others_running(gpus, shown={9}) == []
     notes = listings.node_notes(
         [{"name": "old", "online": False, "gpus": 4, "last_seen_at": iso(NOW - timedelta(minutes=5))}],
         now=NOW,

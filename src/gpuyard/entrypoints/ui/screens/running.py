@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from gpuyard.entrypoints.ui import session, views
+from gpuyard.entrypoints.ui import cards, session, views
 from gpuyard.entrypoints.ui.series import LogTail, MetricSeries
 from gpuyard.entrypoints.ui.widgets import live
 
@@ -49,7 +49,7 @@ def _running() -> None:
 
 
 def _card(job: dict[str, Any], *, now: datetime) -> None:
-    view = views.running_view(job, now=now)
+    view = cards.running_view(job, now=now)
     with st.container(border=True):
         head, stop = st.columns([6, 1], vertical_alignment="center")
         owner = "you" if view.owner == session.my_name() else view.owner
@@ -85,7 +85,7 @@ def _others(shown: set[int]) -> None:
     gpus = session.call(lambda c: c.gpus(), what="load who holds the GPUs")
     if gpus is None:
         return
-    rows = views.others_running(gpus["gpus"], shown=shown)
+    rows = cards.others_running(gpus["gpus"], shown=shown)
     if rows:
         st.subheader("Other people's running jobs")
         st.dataframe(rows, hide_index=True)

@@ -28,7 +28,8 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("ui-browser"), amqp_url, fake_gpus=1) as s:
+    quick = {"GPUYARD_USAGE_BUCKET_S": "1"}  # the GPUs' charts draw from their second point on
+    with running_stack(tmp_path_factory.mktemp("ui-browser"), amqp_url, fake_gpus=1, extra_env=quick) as s:
         yield s
 
 
@@ -167,6 +168,7 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.see(f"Job {job['id']} · digits-ui", timeout_ms=60_000)
     me.see(re.compile(r"\(step [3-8] of 8\)"), timeout_ms=60_000)  # a few reports: a few points
     me.see("device=cpu", timeout_ms=60_000)  # the live output
+    me.page.locator('[data-testid="stVegaLiteChart"]').nth(2).wait_for()  # its curves and its GPU's use
     me.shot("06-running", showing="stVegaLiteChart")
 
     me.go("GPUs")

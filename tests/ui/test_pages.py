@@ -17,15 +17,23 @@ from streamlit.testing.v1 import AppTest
 from gpuyard.adapters.broker.local import free_port
 from gpuyard.entrypoints.ui import session
 from tests.support.stack import Stack, held_job, release, running_stack, wait_for
-from tests.ui.conftest import app, assert_no_exception, errors, open_page, texts
+from tests.ui.conftest import app, assert_no_exception, charts, errors, open_page, texts
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+# Series quick enough for a test: a usage point a second, every progress report kept, and a job whose GPUs
+# are idle for 2 s is flagged (the fake GPUs' load follows the job's CPU use: a sleeping job is idle).
+QUICK_SERIES = {
+    "GPUYARD_USAGE_BUCKET_S": "1",
+    "GPUYARD_PROGRESS_POINT_S": "0",
+    "GPUYARD_IDLE_GPU_AFTER_S": "2",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("ui-pages"), amqp_url, fake_gpus=2) as s:
+    base = tmp_path_factory.mktemp("ui-pages")
+    with running_stack(base, amqp_url, fake_gpus=2, extra_env=QUICK_SERIES) as s:
         yield s
 
 
@@ -189,7 +197,7 @@ def test_queue_lists_the_line_and_manages_a_waiting_job(stack: Stack, alice: str
 
 def reporting_job(release_dir: Path) -> str:
     """A job that reports steps 1, 2 and 3 of ten with a loss, each once the test lets it (the file
-    step<N> in release_dir), then waits to be released."""
+    step<N> in release_dir), then sleeps (idle on its GPU) until it is cancelled."""
     code = (
         "import gpuyard, os, time\n"
         "for i in range(1, 4):\n"
@@ -197,13 +205,16 @@ def reporting_job(release_dir: Path) -> str:
         "        time.sleep(0.05)\n"
         "    gpuyard.report(step=i, total=10, loss=1.0 / i)\n"
         "    print('step', i, flush=True)\n"
+        "time.sleep(600)\n"
     )
     script = release_dir / "report.py"
     script.write_text(code)
-    return f"{sys.executable} {script} && {held_job(release_dir)}"
+    return f"{sys.executable} {script}"
 
 
-def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, release_dir: Path) -> None:
+def test_running_shows_progress_output_and_curves_of_the_whole_run(
+    stack: Stack, alice: str, release_dir: Path
+) -> None:
     with stack.client(alice) as c:
         job_id = c.submit(reporting_job(release_dir), gpus=1, name="reporter", time_limit_s=600)["id"]
     with stack.admin() as c:
@@ -213,19 +224,22 @@ def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, rele
         return stack.job(job_id)["progress_step"] == step
 
     wait_for(lambda: reported(1), what="the first progress report")
-    at = open_page(stack, alice, "running.py")  # the page sees step 1
     for step in (2, 3):
         (release_dir / f"step{step - 1}").touch()
         wait_for(lambda: reported(step), what=f"progress report {step}")  # noqa: B023 - used at once
-        at.run()
+    with stack.client(alice) as c:
+        wait_for(lambda: len(c.job_series(job_id)["gpu"]) >= 2, what="two GPU usage points")
+    at = open_page(stack, alice, "running.py")  # opened after the reports: the series come from the API
     assert_no_exception(at)
     said = texts(at)
     assert f"Job {job_id} · reporter" in said and "ends" in said and "from progress" in said
     assert [p.value for p in at.get("progress")] == [30], "step 3 of 10"
     assert "Other people's running jobs" in said and "admins-run" in said
     assert "step 3" in "\n".join(c.value for c in at.code), "the log tail"
-    points = at.session_state["running.series"][job_id].points
-    assert points == [{"step": s, "loss": 1.0 / s} for s in (1.0, 2.0, 3.0)], "the curves: what the page saw"
+    (curves,) = [c for c in charts(at) if "loss" in c]
+    assert list(zip(curves["step"], curves["loss"], strict=True)) == [(s, 1.0 / s) for s in (1.0, 2.0, 3.0)]
+    usage = [c for c in charts(at) if "utilization" in c][0]
+    assert len(usage) >= 2 and usage["memory"].max() > 0, "its GPU over time, with the memory it holds"
     button(at, "Cancel").click()
     at.run()
     assert stack.wait_state(job_id, "cancelled")["failure_class"] == "cancelled"
@@ -246,13 +260,22 @@ def test_gpus_shows_holders_load_and_outside_processes(stack: Stack, release_dir
         said = texts(at)
         assert "1 of 2 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard." in said
         assert f"job {job_id} · holder (you)" in said and "pid 4242 (carol, 1000 MiB)" in said
+        wait_for(lambda: fewest_usage_points(stack) >= 2, what="two usage points of each GPU")
         at.run()
-        samples = at.session_state["gpus.samples"]
-        assert sum(len(s) for s in samples.samples.values()) == 4, "two samples of two GPUs"
+        utilization, memory = [c for c in charts(at) if "GPU" in c]
+        assert set(utilization["GPU"]) == {f"{stack.node}:0", f"{stack.node}:1"}, "a line per GPU"
+        assert memory["percent"].max() > 0, "the job's GPU holds memory"
     finally:
         stack.fake_state_file.write_text("{}")
         release(release_dir, job_id)
         stack.wait_state(job_id, "succeeded")
+
+
+def fewest_usage_points(stack: Stack) -> int:
+    """The points of the GPU with the fewest in the last hour's usage series."""
+    with stack.admin() as c:
+        gpus = c.gpu_usage(minutes=60)["gpus"]
+    return min((len(g["points"]) for g in gpus), default=0) if len(gpus) == 2 else 0
 
 
 def test_history_filters_pages_shows_output_and_requeues(stack: Stack, alice: str) -> None:

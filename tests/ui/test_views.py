@@ -18,7 +18,15 @@ from gpuyard.entrypoints.ui.forms import (
     parse_submission,
     requeue_submission,
 )
-from gpuyard.entrypoints.ui.series import GpuSamples, LogTail, MetricSeries, read_all
+from gpuyard.entrypoints.ui.series import (
+    LogTail,
+    gpu_usage_rows,
+    job_usage_rows,
+    metric_names,
+    metric_points,
+    read_all,
+    usage_span,
+)
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
@@ -348,27 +356,74 @@ def test_read_all_stops_at_the_cap() -> None:
     assert read_all(read, max_bytes=25) == ("x" * 30, False)
 
 
-def test_metric_series_one_point_per_new_step() -> None:
-    series = MetricSeries()
-    for step, loss in [(1, 0.9), (1, 0.9), (2, 0.5), (3, 0.25)]:
-        series.observe({"progress_step": step, "metrics": {"loss": loss, "tag": "x", "ok": True}})
-    assert series.points == [
-        {"step": 1.0, "loss": 0.9},
-        {"step": 2.0, "loss": 0.5},
-        {"step": 3.0, "loss": 0.25},
+def report(step: float | None, **metrics: Any) -> dict[str, Any]:
+    return {"at": iso(NOW), "step": step, "total": 10, "metrics": metrics}
+
+
+def test_metric_points_one_per_step_from_the_api_series() -> None:
+    series = {
+        "attempt": 2,
+        "progress": [
+            report(1, loss=0.9, tag="x", ok=True),
+            report(None, loss=0.8),  # no step: not on a curve over steps
+            report(1, loss=0.85),  # a step reported again: the last report wins
+            report(2, loss=0.5),
+            report(3),  # no numbers
+        ],
+    }
+    points = metric_points(series)
+    assert points == [{"step": 1.0, "loss": 0.85}, {"step": 2.0, "loss": 0.5}]
+    assert metric_names(points) == ["loss"]
+    latest = {"attempt": 2, "progress_step": 4, "metrics": {"loss": 0.25, "acc": 0.9}}
+    with_latest = metric_points(series, job=latest)
+    assert with_latest[-1] == {"step": 4.0, "loss": 0.25, "acc": 0.9}, "a report the series has not kept yet"
+    assert metric_names(with_latest) == ["loss", "acc"]
+    assert metric_points(series, job={**latest, "attempt": 3}) == points, (
+        "another attempt's report: not mixed"
+    )
+    many = {"attempt": 1, "progress": [report(i, loss=1.0 / i) for i in range(1, 1001)]}
+    thinned = metric_points(many, max_points=100)
+    assert len(thinned) <= 100 and thinned[-1]["step"] == 1000.0, "thinned, the newest kept"
+
+
+def test_job_usage_rows_over_clock_time() -> None:
+    series = {"gpu": [{"at": iso(NOW), "utilization_pct": 97.5, "memory_used_mib": 4000}]}
+    assert job_usage_rows(series) == [{"time": NOW, "utilization": 97.5, "memory": 4000}]
+    assert job_usage_rows({"gpu": []}) == []
+
+
+def usage(node: str, index: int, *points: tuple[int, float, int]) -> dict[str, Any]:
+    """A GPU of GET /gpus/usage, with (seconds after NOW, utilization %, memory MiB) points."""
+    return {
+        "node": node,
+        "index": index,
+        "points": [
+            {"at": iso(NOW + timedelta(seconds=s)), "utilization_pct": u, "memory_used_mib": m}
+            for s, u, m in points
+        ],
+    }
+
+
+def test_gpu_usage_rows_and_span() -> None:
+    payload = {"gpus": [usage("box", 0, (0, 10, 6000), (30, 20, 12000)), usage("gone", 0, (30, 5, 100))]}
+    totals = {("box", 0): 24000}
+    assert gpu_usage_rows(payload, "utilization", memory_total_mib=totals) == [
+        {"time": NOW, "GPU": "box:0", "percent": 10.0},
+        {"time": NOW + timedelta(seconds=30), "GPU": "box:0", "percent": 20.0},
+        {"time": NOW + timedelta(seconds=30), "GPU": "gone:0", "percent": 5.0},
     ]
-    series.observe({"progress_step": 1, "metrics": {"loss": 1.0}})  # a new attempt starts over
-    assert series.points == [{"step": 1.0, "loss": 1.0}] and series.names() == ["loss"]
+    memory = gpu_usage_rows(payload, "memory", memory_total_mib=totals)
+    assert [(r["GPU"], r["percent"]) for r in memory] == [("box:0", 25.0), ("box:0", 50.0)], (
+        "a GPU of unknown size has no memory percent"
+    )
+    assert usage_span(payload) == timedelta(seconds=30)
+    assert usage_span({"gpus": []}) == timedelta(0)
 
 
-def test_gpu_samples_keep_the_last_hour() -> None:
-    samples = GpuSamples()
-    samples.observe([gpu(0, utilization_pct=10)], now=NOW - timedelta(minutes=90))
-    samples.observe([gpu(0, utilization_pct=20)], now=NOW - timedelta(minutes=30))
-    samples.observe([gpu(0, utilization_pct=30)], now=NOW)
-    assert [r["percent"] for r in samples.rows("utilization")] == [20, 30]
-    assert [r["percent"] for r in samples.rows("memory")] == [25.0, 25.0]
-    assert samples.span() == timedelta(minutes=30)
+def test_gpu_usage_rows_thin_out_a_long_series_for_the_chart() -> None:
+    payload = {"gpus": [usage("box", 0, *((2 * i, i % 100, 0) for i in range(1000)))]}
+    rows = gpu_usage_rows(payload, "utilization", memory_total_mib={}, max_points=100)
+    assert 90 <= len(rows) <= 100 and rows[-1]["time"] == NOW + timedelta(seconds=1998)
 
 
 def test_session_book_tickets_are_one_time_and_sessions_expire() -> None:
@@ -412,14 +467,6 @@ def test_remember_route_sets_an_http_only_session_cookie() -> None:
     again = get(ticket)
     assert again.status_code == 204 and "set-cookie" not in again.headers
     BOOK.forget(sid)
-
-
-def test_gpu_samples_thin_out_a_long_series_for_the_chart() -> None:
-    samples = GpuSamples()
-    for i in range(1000):
-        samples.observe([gpu(0, utilization_pct=i % 100)], now=NOW + timedelta(seconds=2 * i))
-    rows = samples.rows("utilization", max_points=100)
-    assert 90 <= len(rows) <= 100 and rows[-1]["time"] == NOW + timedelta(seconds=1998)
 
 
 def test_when_says_today_tomorrow_or_the_day() -> None:

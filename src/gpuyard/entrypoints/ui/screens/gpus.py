@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
 import streamlit as st
 
 from gpuyard.entrypoints.cli import format as fmt
 from gpuyard.entrypoints.ui import listings, session, views
-from gpuyard.entrypoints.ui.series import GpuSamples
-from gpuyard.entrypoints.ui.widgets import live
+from gpuyard.entrypoints.ui.series import gpu_usage_rows, usage_span
+from gpuyard.entrypoints.ui.widgets import clock_chart, live
 
-SAMPLES = "gpus.samples"
+WINDOW_MINUTES = 60
 COLUMNS = {
     "GPU": st.column_config.NumberColumn("GPU", width="small"),
     "util %": st.column_config.ProgressColumn("utilization", min_value=0, max_value=100, format="%d%%"),
@@ -40,36 +39,34 @@ def _gpus() -> None:
     st.dataframe(
         listings.gpu_rows(data["gpus"], me=session.my_name()), hide_index=True, column_config=COLUMNS
     )
-    samples: GpuSamples = st.session_state.setdefault(SAMPLES, GpuSamples())
-    samples.observe(data["gpus"], now=now)
-    span = fmt.duration(samples.span().total_seconds())
+    _last_hour(data["gpus"])
+
+
+def _last_hour(gpus: list[dict[str, Any]]) -> None:
+    """Every GPU's utilization and memory over the last hour, from the API's series."""
     st.subheader("Over the last hour")
-    st.caption(f"What this page has seen since it was opened ({span} so far, up to an hour).")
-    if samples.span().total_seconds() < 1:
-        st.caption("The charts fill in as the page refreshes.")
+    usage = session.call(lambda c: c.gpu_usage(minutes=WINDOW_MINUTES), what="load the GPUs' last hour")
+    if usage is None:
         return
-    load, memory = st.columns(2)
+    span = usage_span(usage)
+    totals = {(g["node"], g["index"]): g["memory_total_mib"] for g in gpus}
+    utilization = gpu_usage_rows(usage, "utilization", memory_total_mib=totals)
+    memory = gpu_usage_rows(usage, "memory", memory_total_mib=totals)
+    covered = fmt.duration(span.total_seconds())
+    st.caption(
+        "From the worker's samples, one point per GPU every GPUYARD_USAGE_BUCKET_S (30 s by default): "
+        f"{covered} so far, up to an hour."
+    )
+    if span.total_seconds() < 1:
+        st.caption("The charts appear once each GPU has two points.")
+        return
+    load, used = st.columns(2)
     with load:
         st.markdown("**Utilization %**")
-        st.altair_chart(_chart(samples.rows("utilization")))
-    with memory:
+        st.altair_chart(clock_chart(utilization, y="percent", color="GPU", percent=True))
+    with used:
         st.markdown("**Memory used %**")
-        st.altair_chart(_chart(samples.rows("memory")))
-
-
-def _chart(rows: list[dict[str, Any]]) -> alt.Chart:
-    """Percent over clock time, one line a GPU."""
-    values = [{**row, "time": row["time"].isoformat()} for row in rows]
-    chart: alt.Chart = (
-        alt.Chart(alt.InlineData(values=values), height=240)
-        .mark_line()
-        .encode(
-            x=alt.X("time:T", title=None, axis=alt.Axis(format="%H:%M:%S")),
-            y=alt.Y("percent:Q", title=None, scale=alt.Scale(domain=[0, 100])),
-            color=alt.Color("GPU:N"),
-        )
-    )
-    return chart
+        st.altair_chart(clock_chart(memory, y="percent", color="GPU", percent=True))
 
 
 if __name__ == "__main__":

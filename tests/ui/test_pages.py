@@ -229,6 +229,7 @@ def test_running_shows_progress_output_and_curves_of_the_whole_run(
         wait_for(lambda: reported(step), what=f"progress report {step}")  # noqa: B023 - used at once
     with stack.client(alice) as c:
         wait_for(lambda: len(c.job_series(job_id)["gpu"]) >= 2, what="two GPU usage points")
+    wait_for(lambda: idle_since(stack, job_id), what="the job's idle flag (it sleeps)")
     at = open_page(stack, alice, "running.py")  # opened after the reports: the series come from the API
     assert_no_exception(at)
     said = texts(at)
@@ -240,6 +241,9 @@ def test_running_shows_progress_output_and_curves_of_the_whole_run(
     assert list(zip(curves["step"], curves["loss"], strict=True)) == [(s, 1.0 / s) for s in (1.0, 2.0, 3.0)]
     usage = [c for c in charts(at) if "utilization" in c][0]
     assert len(usage) >= 2 and usage["memory"].max() > 0, "its GPU over time, with the memory it holds"
+    assert "GPU idle since" in said and "GPU use " in said, "the idle flag, and its use so far"
+    run = stack.job(job_id)["tensorboard_run"]
+    assert f"TensorBoard run `{run}`" in said and "gpuyard up --tensorboard-port 6006" in said
     button(at, "Cancel").click()
     at.run()
     assert stack.wait_state(job_id, "cancelled")["failure_class"] == "cancelled"
@@ -247,28 +251,42 @@ def test_running_shows_progress_output_and_curves_of_the_whole_run(
     stack.wait_state(other, "succeeded")
 
 
-def test_gpus_shows_holders_load_and_outside_processes(stack: Stack, release_dir: Path) -> None:
+def test_gpus_shows_holders_load_idle_jobs_and_outside_processes(stack: Stack, alice: str) -> None:
     stack.fake_state_file.write_text(
         json.dumps({"outside": {"1": [{"pid": 4242, "user": "carol", "used_memory_mib": 1000}]}})
     )
     with stack.admin() as c:
-        job_id = c.submit(held_job(release_dir), gpus=1, name="holder")["id"]
+        job_id = c.submit("sleep 600", gpus=1, name="holder")["id"]  # idle on its GPU
         stack.wait_state(job_id, "running")
     try:
         wait_for(lambda: any(g["outside_processes"] for g in stack.admin().gpus()["gpus"]), what="the sample")
+        wait_for(lambda: idle_since(stack, job_id), what="the job's idle flag")
         at = open_page(stack, stack.admin_token, "gpus.py")
         said = texts(at)
         assert "1 of 2 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard." in said
         assert f"job {job_id} · holder (you)" in said and "pid 4242 (carol, 1000 MiB)" in said
+        (warning,) = [w.value for w in at.warning]
+        assert warning.startswith(f"Job {job_id} · holder (you) holds {stack.node} GPU ")
+        assert "but has not used it since" in warning and "cancel it" in warning
+        table = at.dataframe[0].value
+        assert list(table[table["job"].str.startswith(f"job {job_id}")]["idle since"]) != [""]
         wait_for(lambda: fewest_usage_points(stack) >= 2, what="two usage points of each GPU")
         at.run()
         utilization, memory = [c for c in charts(at) if "GPU" in c]
         assert set(utilization["GPU"]) == {f"{stack.node}:0", f"{stack.node}:1"}, "a line per GPU"
         assert memory["percent"].max() > 0, "the job's GPU holds memory"
+        theirs = open_page(stack, alice, "gpus.py")
+        assert not theirs.warning and "Idle flags show on your own jobs" in texts(theirs)
     finally:
         stack.fake_state_file.write_text("{}")
-        release(release_dir, job_id)
-        stack.wait_state(job_id, "succeeded")
+        with stack.admin() as c:
+            c.cancel(job_id)
+        stack.wait_state(job_id, "cancelled")
+
+
+def idle_since(stack: Stack, job_id: int) -> str | None:
+    usage = stack.job(job_id)["gpu_usage"]
+    return usage["idle_since"] if usage else None
 
 
 def fewest_usage_points(stack: Stack) -> int:

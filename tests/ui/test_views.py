@@ -231,6 +231,31 @@ def test_running_view() -> None:
     assert view.progress_text == "50% (step 50 of 100)" and "from progress" in view.ends
     bare = cards.running_view(job(), now=NOW)
     assert "gpuyard.report" in bare.progress_text and bare.ends.startswith("unknown")
+    assert (bare.idle, bare.usage, bare.tensorboard_url, bare.tensorboard_text) == ("", "", None, "")
+
+
+def test_running_view_flags_idle_gpus_and_links_tensorboard() -> None:
+    usage = {
+        "utilization_mean_pct": 2.4,
+        "utilization_peak_pct": 61.0,
+        "memory_mean_mib": 4096,
+        "memory_peak_mib": 5120,
+        "samples": 40,
+        "idle_since": iso(NOW - timedelta(minutes=5)),
+    }
+    run = "job-5-digits/attempt-1"
+    view = cards.running_view(job(gpu_usage=usage, tensorboard_run=run), now=NOW)
+    since = views.when(usage["idle_since"], now=NOW)
+    assert view.idle == f"GPUs idle since {since}"
+    assert view.usage == "GPU use 2% mean, 61% peak · memory 4,096 MiB mean, 5,120 MiB peak"
+    assert view.tensorboard_url is None and f"`{run}`" in view.tensorboard_text
+    assert "`gpuyard up --tensorboard-port 6006`" in view.tensorboard_text, "how to get a link"
+    one = job(gpus=1, gpu_indices=[0], gpu_usage={**usage, "idle_since": None})
+    assert cards.running_view(one, now=NOW).idle == "", "busy again: no flag"
+    assert cards.idle_text({**one, "gpu_usage": usage}, now=NOW) == f"GPU idle since {since}"
+    url = "http://box:6006/?runFilter=x#timeseries"
+    linked = cards.running_view(job(tensorboard_run=run, tensorboard_url=url), now=NOW)
+    assert linked.tensorboard_url == url and linked.tensorboard_text == f"Its run {run} in TensorBoard"
 
 
 def test_queue_rows_and_summary() -> None:
@@ -299,6 +324,7 @@ def test_gpu_rows_summary_and_others() -> None:
     assert listings.gpu_summary({"gpus": gpus}) == (
         "2 of 3 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard; 1 on offline nodes."
     )
+    assert [r["idle since"] for r in rows] == ["", "", "", ""]
     assert cards.others_running(gpus, shown=set()) == [
         {"job": 9, "owner": "bob", "name": "big", "node": "box", "GPUs": "0, 1"}
     ]
@@ -310,6 +336,34 @@ def test_gpu_rows_summary_and_others() -> None:
     assert notes == [
         "Node old is offline (last heard from 5m ago): its 4 GPUs get no new jobs. "
         "Check that `gpuyard worker` runs there."
+    ]
+
+
+def test_gpus_of_a_job_flagged_idle() -> None:
+    since = iso(NOW - timedelta(minutes=5))
+    running = [
+        job(id=9, gpu_usage={"idle_since": since}),
+        job(id=10, gpu_usage={"idle_since": None}),
+        job(id=11, gpu_usage=None),
+    ]
+    idle = listings.idle_jobs(running)
+    assert idle == {9: since}
+    gpus = [
+        gpu(0, job_id=9, job_user="bob", job_name="big"),
+        gpu(1, job_id=9, job_user="bob", job_name="big"),
+        gpu(2, job_id=10, job_user="alice", job_name="busy"),
+    ]
+    rows = listings.gpu_rows(gpus, me="alice", idle=idle)
+    at = views.when(since)
+    assert [r["idle since"] for r in rows] == [at, at, ""]
+    assert listings.idle_notes(gpus, idle, me="alice") == [
+        f"Job 9 · big (bob) holds box GPUs 0, 1 but has not used them since {at}. If it no longer needs "
+        "them, cancel it: others could use them."
+    ]
+    mine = listings.idle_notes([gpu(3, job_id=9, job_user="alice", job_name="big")], idle, me="alice")
+    assert mine == [
+        f"Job 9 · big (you) holds box GPU 3 but has not used it since {at}. If it no longer needs it, "
+        "cancel it: others could use it."
     ]
 
 

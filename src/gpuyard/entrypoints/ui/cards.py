@@ -23,6 +23,10 @@ class RunningView:
     progress_text: str
     ends: str
     metrics: dict[str, Any]
+    idle: str = ""  # "GPUs idle since 14:05" while the job is flagged
+    usage: str = ""
+    tensorboard_url: str | None = None
+    tensorboard_text: str = ""
 
 
 def estimated_end(job: Job, *, now: datetime) -> tuple[datetime | None, str]:
@@ -69,6 +73,44 @@ def running_view(job: Job, *, now: datetime) -> RunningView:
         progress_text=progress_text,
         ends=ends,
         metrics=dict(job.get("metrics") or {}),
+        idle=idle_text(job, now=now),
+        usage=usage_text(job),
+        tensorboard_url=job.get("tensorboard_url"),
+        tensorboard_text=tensorboard_text(job),
+    )
+
+
+def idle_text(job: Job, *, now: datetime | None = None) -> str:
+    """'GPUs idle since 14:05' while the job is flagged for holding GPUs it does not use; else ''."""
+    since = (job.get("gpu_usage") or {}).get("idle_since")
+    if not since:
+        return ""
+    return f"{'GPU' if job.get('gpus') == 1 else 'GPUs'} idle since {when(since, now=now)}"
+
+
+def usage_text(job: Job) -> str:
+    """What the job has done with its GPUs so far: mean and peak utilization and memory; '' before the
+    first usage point."""
+    usage = job.get("gpu_usage")
+    if not usage:
+        return ""
+    return (
+        f"GPU use {usage['utilization_mean_pct']:.0f}% mean, {usage['utilization_peak_pct']:.0f}% peak · "
+        f"memory {usage['memory_mean_mib']:,} MiB mean, {usage['memory_peak_mib']:,} MiB peak"
+    )
+
+
+def tensorboard_text(job: Job) -> str:
+    """Its TensorBoard run in words: which run the link opens, where a TensorBoard serves it; else the
+    run's name and how to get a link; '' before the job has a run."""
+    run = job.get("tensorboard_run")
+    if not run:
+        return ""
+    if job.get("tensorboard_url"):
+        return f"Its run {run} in TensorBoard"
+    return (
+        f"TensorBoard run `{run}` (under DATA_DIR/tensorboard). No TensorBoard is served: start gpuyard "
+        "with `gpuyard up --tensorboard-port 6006` and each job links to its run."
     )
 
 

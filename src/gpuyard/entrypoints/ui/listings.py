@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpuyard.entrypoints.cli import format as fmt
-from gpuyard.entrypoints.ui.views import STATE_WORDS, Job, ago, parse_time
+from gpuyard.entrypoints.ui.views import STATE_WORDS, Job, ago, parse_time, when
 
 # GPUs
 
 
-def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, Any]]:
+def gpu_rows(
+    gpus: Iterable[Mapping[str, Any]], *, me: str, idle: Mapping[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per GPU; `idle` (job id -> idle since, see idle_jobs) marks the jobs flagged idle."""
+    idle = idle or {}
     rows = []
     for g in gpus:
         if g.get("job_id"):
@@ -33,6 +37,7 @@ def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, An
                 "GPU": g["index"],
                 "model": g["name"],
                 "job": holder,
+                "idle since": when(idle[g["job_id"]]) if g.get("job_id") in idle else "",
                 "util %": g.get("utilization_pct"),
                 "memory": (g.get("memory_used_mib") or 0) / total if total else None,
                 "memory MiB": f"{g.get('memory_used_mib', 0)} / {total}",
@@ -40,6 +45,34 @@ def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, An
             }
         )
     return rows
+
+
+def idle_jobs(jobs: Iterable[Job]) -> dict[int, str]:
+    """The running jobs flagged for holding GPUs they do not use: job id -> since when (ISO)."""
+    return {
+        int(j["id"]): str(j["gpu_usage"]["idle_since"])
+        for j in jobs
+        if (j.get("gpu_usage") or {}).get("idle_since")
+    }
+
+
+def idle_notes(gpus: Iterable[Mapping[str, Any]], idle: Mapping[int, str], *, me: str) -> list[str]:
+    """One sentence per job flagged idle: which GPUs it holds unused, since when, and what to do."""
+    held: dict[int, list[Mapping[str, Any]]] = {}
+    for g in gpus:
+        if g.get("job_id") in idle:
+            held.setdefault(int(g["job_id"]), []).append(g)
+    notes = []
+    for job_id, its in sorted(held.items()):
+        first = its[0]
+        owner = "you" if first["job_user"] == me else first["job_user"]
+        word, them = ("GPU", "it") if len(its) == 1 else ("GPUs", "them")
+        where = f"{first['node']} {word} {', '.join(str(g['index']) for g in its)}"
+        notes.append(
+            f"Job {job_id} · {first['job_name']} ({owner}) holds {where} but has not used {them} since "
+            f"{when(idle[job_id])}. If it no longer needs {them}, cancel it: others could use {them}."
+        )
+    return notes
 
 
 def node_notes(nodes: Iterable[Mapping[str, Any]], *, now: datetime) -> list[str]:

@@ -1,4 +1,5 @@
-"""GPUs: every GPU of every node: the job holding it, load and memory now and lately, outside processes."""
+"""GPUs: every GPU of every node: the job holding it (flagged when idle), load and memory now and over
+the last hour, outside processes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ COLUMNS = {
     "util %": st.column_config.ProgressColumn("utilization", min_value=0, max_value=100, format="%d%%"),
     "memory": st.column_config.ProgressColumn("memory", min_value=0.0, max_value=1.0, format="percent"),
     "job": st.column_config.TextColumn("held by", width="medium"),
+    "idle since": st.column_config.TextColumn("idle since", width="small", help="Its job is flagged idle"),
 }
 
 
@@ -36,10 +38,22 @@ def _gpus() -> None:
         st.warning(note, icon=":material/cloud_off:")
     if not data["gpus"]:
         return
-    st.dataframe(
-        listings.gpu_rows(data["gpus"], me=session.my_name()), hide_index=True, column_config=COLUMNS
-    )
+    me = session.my_name()
+    idle = _idle()
+    for note in listings.idle_notes(data["gpus"], idle, me=me):
+        st.warning(note, icon=":material/warning:")
+    st.dataframe(listings.gpu_rows(data["gpus"], me=me, idle=idle), hide_index=True, column_config=COLUMNS)
+    if not session.is_admin():
+        st.caption("Idle flags show on your own jobs; an admin sees everyone's.")
     _last_hour(data["gpus"])
+
+
+def _idle() -> dict[int, str]:
+    """The running jobs flagged idle on their GPUs (for a user: their own, which is what the API lists)."""
+    page = session.call(
+        lambda c: c.jobs(states=views.RUNNING_STATES, limit=500), what="load which running jobs are idle"
+    )
+    return listings.idle_jobs(page["data"]) if page is not None else {}
 
 
 def _last_hour(gpus: list[dict[str, Any]]) -> None:

@@ -344,3 +344,55 @@ def test_history_filters_in_the_api(stack: Stack, alice: str) -> None:
         assert c.jobs(name="needle", submitted_after=now + timedelta(minutes=1))["data"] == []
         assert len(c.jobs(name="needle", submitted_before=now + timedelta(minutes=1))["data"]) == 1
         assert c.jobs(name="50%_")["data"] == [], "LIKE wildcards match themselves"
+
+
+def dead_job(stack: Stack, token: str, name: str) -> tuple[int, int]:
+    """A job that fails at once, having asked for that failure to be retried but with one attempt only: it
+    is dead-lettered. Its id, and its dead letter's."""
+    with stack.client(token) as c:
+        command = f"echo last words of {name}; exit 3"
+        job_id = c.submit(command, name=name, retry_on=["exit_nonzero"], max_attempts=1)["id"]
+        stack.wait_state(job_id, "failed")
+        (dead,) = wait_for(
+            lambda: [d for d in c.dead_letters() if d["job_id"] == job_id], what=f"job {job_id}'s dead letter"
+        )
+    return job_id, int(dead["id"])
+
+
+def test_dead_letters_say_why_show_the_output_and_requeue(stack: Stack, alice: str) -> None:
+    job_id, dead_id = dead_job(stack, alice, "doomed")
+    admins_job, admins_dead = dead_job(stack, stack.admin_token, "admins-doomed")
+    admins_page = open_page(stack, stack.admin_token, "dead.py")
+    said = texts(admins_page)
+    assert "wait for a decision" in said and {job_id, admins_job} <= set(
+        admins_page.dataframe[0].value["job"]
+    )
+    (opened,) = [e for e in admins_page.expander if e.label.startswith(f"Dead letter {dead_id} ")]
+    assert opened.label.startswith(f"Dead letter {dead_id} · job {job_id} (alice) · exit_nonzero, 1 attempt")
+    assert "last words of doomed" in opened.code[0].value
+    (why,) = [m.value for m in opened.markdown]
+    reason = f"Job {job_id} failed: exit_nonzero on each of its 1 attempt(s), and it may not try again."
+    assert why == f"**Why:** {reason}"
+
+    at = open_page(stack, alice, "dead.py")
+    assert list(at.dataframe[0].value["job"]) == [job_id], "alice sees her own jobs' dead letters"
+    button(at, "Requeue").click()
+    at.run()
+    assert_no_exception(at)
+    assert f"Dead letter {dead_id}: job {job_id} is back in line" in texts(at)
+    wait_for(lambda: stack.job(job_id)["attempt"] == 2, what=f"job {job_id}'s second attempt")
+    stack.wait_state(job_id, "failed")  # it fails again: a new dead letter
+    at.checkbox(key="dead.include_requeued").check().run()
+    assert dead_id in set(at.dataframe[0].value["id"]), "the requeued one, when asked for"
+
+    with stack.admin() as c:  # someone requeues it while the admin's page still offers to
+        c.requeue_dead(admins_dead)
+    admins_page.button(key=f"dead.requeue.{admins_dead}").click()
+    admins_page.run()
+    assert_no_exception(admins_page)
+    said = errors(admins_page)
+    assert (
+        f"Could not requeue dead letter {admins_dead}. Dead letter {admins_dead} was requeued already" in said
+    )
+    wait_for(lambda: stack.job(admins_job)["attempt"] == 2, what=f"job {admins_job}'s second attempt")
+    stack.wait_state(admins_job, "failed")

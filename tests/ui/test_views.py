@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gpuyard.client import ApiError, ApiUnreachable
-from gpuyard.entrypoints.ui import cards, listings, views
+from gpuyard.entrypoints.ui import cards, dead_letters, listings, views
 from gpuyard.entrypoints.ui.forms import (
     SubmitForm,
     parse_command,
@@ -372,6 +372,71 @@ def test_history_rows() -> None:
     (row,) = listings.history_rows([done], me="alice")
     assert row["state"] == "failed" and row["exit"] == 3 and row["attempts"] == 2
     assert row["owner"] == "you" and row["duration"] == "10m00s"
+
+
+def letter(**over: Any) -> dict[str, Any]:
+    base = {
+        "id": 4,
+        "kind": "job",
+        "job_id": 12,
+        "user": "alice",
+        "reason": "Job 12 failed: exit_nonzero on each of its 1 attempt(s), and it may not try again.",
+        "failure_class": "exit_nonzero",
+        "attempts": 1,
+        "log_tail": "boom\n",
+        "routing_key": None,
+        "body": None,
+        "created_at": iso(NOW),
+        "requeued_at": None,
+    }
+    return {**base, **over}
+
+
+def test_dead_letter_rows_titles_and_summary() -> None:
+    message = letter(
+        id=5, kind="message", job_id=None, user=None, failure_class=None, attempts=None,
+        reason="rejected: the body is not a known message", routing_key="gpuyard.t1.events", body={"x": 1},
+    )  # fmt: skip
+    done = letter(id=3, requeued_at=iso(NOW))
+    rows = dead_letters.dead_rows([letter(), message, done], me="alice", now=NOW)
+    assert [r["kind"] for r in rows] == ["job", "message", "job"], "messages are there: a kind column"
+    assert rows[0] | {"when": "-"} == {
+        "id": 4, "kind": "job", "job": 12, "owner": "you", "failure": "exit_nonzero", "attempts": 1,
+        "when": "-", "requeued": "", "why": letter()["reason"],
+    }  # fmt: skip
+    assert rows[1]["owner"] == "-" and rows[2]["requeued"] == views.when(iso(NOW), now=NOW)
+    assert "kind" not in dead_letters.dead_rows([letter()], me="bob")[0], "jobs only: no kind column"
+    at = views.when(iso(NOW), now=NOW)
+    assert dead_letters.dead_title(letter(), me="bob", now=NOW) == (
+        f"Dead letter 4 · job 12 (alice) · exit_nonzero, 1 attempt · {at}"
+    )
+    assert dead_letters.dead_title(message, me="bob", now=NOW) == (
+        f"Dead letter 5 · a message to gpuyard.t1.events · {at}"
+    )
+    assert dead_letters.dead_title(done, me="alice", now=NOW).endswith(
+        f"(you) · exit_nonzero, 1 attempt · {at} · requeued {at}"
+    )
+    assert dead_letters.dead_summary([letter(), message, done], is_admin=True) == (
+        "1 job and 1 message wait for a decision: read why below, fix what needs fixing, then requeue."
+    )
+    assert dead_letters.dead_summary([letter(id=6), letter()], is_admin=False).startswith("2 jobs wait")
+    assert dead_letters.dead_summary([done], is_admin=False).startswith("No dead letter of yours waits")
+
+
+def test_who_may_requeue_a_dead_letter_and_what_it_did() -> None:
+    message = letter(id=5, kind="message", job_id=None, routing_key="gpuyard.t1.node.box")
+    assert dead_letters.may_requeue(letter(), is_admin=False)
+    assert not dead_letters.may_requeue(letter(requeued_at=iso(NOW)), is_admin=True), "once"
+    assert not dead_letters.may_requeue(message, is_admin=False) and dead_letters.may_requeue(
+        message, is_admin=True
+    )
+    assert dead_letters.requeued_text(letter()).startswith(
+        "Dead letter 4: job 12 is back in line, with a fresh budget of attempts."
+    )
+    assert (
+        dead_letters.requeued_text(message)
+        == "Dead letter 5: the message was sent again to gpuyard.t1.node.box."
+    )
 
 
 def test_day_bounds_cover_whole_local_days() -> None:

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from gpuyard.adapters.broker.local import free_port
-from gpuyard.entrypoints.ui import session
+from gpuyard.entrypoints.ui import session, views
 from tests.support.stack import Stack, held_job, release, running_stack, wait_for
 from tests.ui.conftest import app, assert_no_exception, charts, errors, open_page, texts
 
@@ -195,6 +195,26 @@ def test_queue_lists_the_line_and_manages_a_waiting_job(stack: Stack, alice: str
     stack.wait_state(blocker, "succeeded")
 
 
+def test_queue_says_when_a_failed_job_tries_again(stack: Stack, alice: str) -> None:
+    with stack.client(alice) as c:
+        job_id = c.submit("exit 3", name="flaky", retry_on=["exit_nonzero"], max_attempts=2)["id"]
+    backing_off = wait_for(
+        lambda: (j := stack.job(job_id))["state"] == "queued" and j["retry_at"] and j,
+        what=f"job {job_id} to wait out its backoff",
+    )  # GPUYARD_RETRY_BACKOFF_S: 10 s
+    with stack.client(alice) as c:
+        (entry,) = [q for q in c.queue()["data"] if q["id"] == job_id]
+    assert entry["reason"] == "retry_backoff" and entry["estimated_start_at"] is not None
+    at = open_page(stack, alice, "queue.py")
+    (row,) = [r for _, r in at.table[0].value.iterrows() if r["job"] == job_id]
+    assert row["priority"] == "normal, retrying"
+    assert row["why"].startswith("retrying after exit_nonzero: attempt 2 of 2 starts no earlier than ")
+    assert row["est. start"] == views.when(backing_off["retry_at"])
+    with stack.client(alice) as c:
+        c.cancel(job_id)
+    stack.wait_state(job_id, "cancelled")
+
+
 def reporting_job(release_dir: Path) -> str:
     """A job that reports steps 1, 2 and 3 of ten with a loss, each once the test lets it (the file
     step<N> in release_dir), then sleeps (idle on its GPU) until it is cancelled."""
@@ -296,7 +316,7 @@ def fewest_usage_points(stack: Stack) -> int:
     return min((len(g["points"]) for g in gpus), default=0) if len(gpus) == 2 else 0
 
 
-def test_history_filters_pages_shows_output_and_requeues(stack: Stack, alice: str) -> None:
+def test_history_filters_pages_shows_output_requeues_and_runs_again(stack: Stack, alice: str) -> None:
     with stack.client(alice) as c:
         ids = [c.submit(f"echo out-{i}; exit {i % 2}", name=f"hist-{i}")["id"] for i in range(3)]
     for job_id in ids:
@@ -325,15 +345,34 @@ def test_history_filters_pages_shows_output_and_requeues(stack: Stack, alice: st
     at.date_input(key="history.days").set_value(())
     button(at, "Apply filters").click()
     at.run()
-    button(at, "Requeue (submit it again as a new job)").click()
+    assert "Attempt 1 of 3. Retried after: a lost machine." in texts(at)
+    assert [b.label for b in at.button if b.key and b.key.startswith("history.r")] == ["Requeue"]
+    button(at, "Requeue").click()  # failed: the same job goes back in line
+    at.run()
+    assert_no_exception(at)
+    assert not at.error, errors(at)
+    assert f"Job {ids[1]} (hist-1) is back in line, with a fresh budget of attempts: attempt 2 of 4" in texts(
+        at
+    )
+    wait_for(lambda: stack.job(ids[1])["attempt"] == 2, what=f"job {ids[1]}'s second attempt")
+    stack.wait_state(ids[1], "failed")  # exit 1 again
+
+    at.text_input(key="history.name").input("HIST-0")
+    button(at, "Apply filters").click()
+    at.run()
+    assert [b.label for b in at.button if b.key and b.key.startswith("history.r")] == [
+        "Run again (submit a copy as a new job)"
+    ], "it succeeded: run again as a copy"
+    button(at, "Run again (submit a copy as a new job)").click()
     at.run()
     assert_no_exception(at)
     success = "\n".join(s.value for s in at.success)
     assert not at.error, errors(at)
-    assert f"Job {ids[1]} requeued as job" in success
-    new_id = int(success.split("requeued as job ")[1].split()[0].rstrip(".,"))
-    copy, original = stack.job(new_id), stack.job(ids[1])
-    assert copy["user"] == "alice" and copy["command"] == original["command"] and copy["name"] == "hist-1"
+    assert f"Job {ids[0]} runs again as job" in success
+    new_id = int(success.split("runs again as job ")[1].split()[0].rstrip(".,"))
+    copy, original = stack.job(new_id), stack.job(ids[0])
+    assert copy["user"] == "alice" and copy["command"] == original["command"] and copy["name"] == "hist-0"
+    stack.wait_state(new_id, "succeeded")
 
 
 def test_history_filters_in_the_api(stack: Stack, alice: str) -> None:

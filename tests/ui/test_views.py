@@ -10,13 +10,14 @@ import httpx
 import pytest
 
 from gpuyard.client import ApiError, ApiUnreachable
+from gpuyard.entrypoints.cli import format as fmt
 from gpuyard.entrypoints.ui import cards, dead_letters, listings, views
 from gpuyard.entrypoints.ui.forms import (
     SubmitForm,
+    copy_submission,
     parse_command,
     parse_env,
     parse_submission,
-    requeue_submission,
 )
 from gpuyard.entrypoints.ui.series import (
     LogTail,
@@ -109,7 +110,7 @@ def test_parse_submission(tmp_path: Path) -> None:
     }
 
 
-def test_requeue_submission_copies_the_spec() -> None:
+def test_copy_submission_copies_the_spec() -> None:
     job = {
         "command": ["sh", "-c", "echo hi"],
         "gpus": 2,
@@ -118,9 +119,11 @@ def test_requeue_submission_copies_the_spec() -> None:
         "workdir": "/w",
         "env": {"A": "1"},
         "time_limit_s": 60,
-        "state": "failed",
+        "state": "succeeded",
+        "retry_on": ["oom"],
+        "max_attempts": 5,  # after a requeue, it counts the attempts used before: not copied
     }
-    submission = requeue_submission(job)
+    submission = copy_submission(job)
     assert submission.command == ["sh", "-c", "echo hi"]
     assert submission.kwargs() == {
         "gpus": 2,
@@ -129,6 +132,7 @@ def test_requeue_submission_copies_the_spec() -> None:
         "workdir": "/w",
         "env": {"A": "1"},
         "time_limit_s": 60,
+        "retry_on": ("oom",),
     }
 
 
@@ -180,6 +184,37 @@ def test_wait_text() -> None:
     assert held == "Job 7 is held (3rd in line): release it to let it start."
 
 
+BACKOFF_TEXT = (
+    "retrying after exit_nonzero: attempt 2 of 3 starts no earlier than 12:00:20; it keeps its place in line"
+)
+
+
+def test_a_job_waiting_out_its_backoff_reads_well() -> None:
+    retry = wait(
+        position=1,
+        reason="retry_backoff",
+        reason_text=BACKOFF_TEXT,
+        estimated_start_at=iso(NOW + timedelta(seconds=20)),
+        estimated_start_earliest_at=iso(NOW + timedelta(seconds=20)),
+        estimated_start_latest_at=None,
+        estimated_wait_s=20,
+    )
+    text = views.wait_text(retry)
+    start = views.when(retry["estimated_start_at"])
+    assert text == f"Job 7 is next in line. Estimated start {start}, in 20s. Why: {BACKOFF_TEXT}", (
+        "no runtime source and no band: it starts at its retry time"
+    )
+    (row,) = views.queue_rows(
+        [{**retry, "user": "bob", "name": "x", "gpus": 1, "priority": "high"}], me="alice"
+    )
+    assert (row["priority"], row["est. start"], row["wait"], row["why"]) == (
+        "high, retrying",
+        start,
+        "20s",
+        BACKOFF_TEXT,
+    )
+
+
 def job(**over: Any) -> dict[str, Any]:
     base = {
         "id": 5,
@@ -202,6 +237,9 @@ def job(**over: Any) -> dict[str, Any]:
         "submitted_at": iso(NOW),
         "cancel_requested": False,
         "priority": "normal",
+        "max_attempts": 3,
+        "retry_on": [],
+        "retry_at": None,
     }
     return {**base, **over}
 
@@ -370,8 +408,31 @@ def test_gpus_of_a_job_flagged_idle() -> None:
 def test_history_rows() -> None:
     done = job(state="failed", exit_code=3, failure_class="exit_nonzero", finished_at=iso(NOW), attempt=2)
     (row,) = listings.history_rows([done], me="alice")
-    assert row["state"] == "failed" and row["exit"] == 3 and row["attempts"] == 2
+    assert row["state"] == "failed" and row["exit"] == 3 and row["attempts"] == "2 of 3"
     assert row["owner"] == "you" and row["duration"] == "10m00s"
+
+
+def test_attempts_retries_and_a_backoff_in_words() -> None:
+    failed = job(state="failed", failure_class="exit_nonzero", attempt=3, retry_on=["exit_nonzero", "oom"])
+    assert listings.attempts_text(failed, now=NOW) == (
+        "Attempt 3 of 3. Retried after: a lost machine, exit_nonzero, oom."
+    )
+    assert listings.may_requeue(failed) and listings.may_requeue(job(state="timed_out"))
+    assert not any(listings.may_requeue(job(state=s)) for s in ("succeeded", "cancelled", "queued"))
+    retry_at = NOW + timedelta(seconds=20)
+    backing_off = job(state="queued", failure_class="node_lost", attempt=1, retry_at=iso(retry_at))
+    assert listings.attempts_text(backing_off, now=NOW) == (
+        "Attempt 1 of 3. Retried after: a lost machine. Waiting out its backoff after node_lost: attempt 2 "
+        f"of 3 starts no earlier than {fmt.clock(iso(retry_at))} (in 20s)."
+    )
+    assert "backoff" not in listings.attempts_text(backing_off, now=retry_at), "its time has come"
+    assert listings.attempts_text(job(state="queued", attempt=0), now=NOW).startswith(
+        "No attempt yet (3 allowed)."
+    )
+    back = job(id=12, name="bert", state="queued", attempt=3, max_attempts=6)
+    assert listings.requeued_text(back).startswith(
+        "Job 12 (bert) is back in line, with a fresh budget of attempts: attempt 4 of 6 comes next."
+    )
 
 
 def letter(**over: Any) -> dict[str, Any]:

@@ -115,7 +115,9 @@ def history_rows(jobs: Iterable[Job], *, me: str) -> list[dict[str, Any]]:
                 "state": STATE_WORDS.get(j["state"], j["state"]),
                 "exit": j.get("exit_code"),
                 "failure": j.get("failure_class") or "",
-                "attempts": j.get("attempt"),
+                "attempts": f"{j.get('attempt')} of {j['max_attempts']}"
+                if j.get("max_attempts")
+                else j.get("attempt"),
                 "GPUs": j["gpus"],
                 "submitted": fmt.clock(j.get("submitted_at")),
                 "duration": fmt.duration(_run_seconds(j)),
@@ -143,6 +145,38 @@ def attempt_rows(attempts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         }
         for a in attempts
     ]
+
+
+def attempts_text(job: Job, *, now: datetime) -> str:
+    """Its attempts, what is retried, and when a job waiting out its backoff tries again: 'Attempt 2 of 3.
+    Retried after: a lost machine, exit_nonzero. Attempt 3 starts no earlier than 14:05:10 (in 8s).'"""
+    attempt, most = job.get("attempt") or 0, job.get("max_attempts")
+    of = f" of {most}" if most else ""
+    sentences = [f"Attempt {attempt}{of}." if attempt else f"No attempt yet ({most} allowed)."]
+    asked = ", ".join(job.get("retry_on") or [])
+    sentences.append(f"Retried after: a lost machine{', ' + asked if asked else ''}.")
+    retry_at = parse_time(job.get("retry_at"))
+    if job.get("state") == "queued" and retry_at is not None and retry_at > now:
+        after = f" after {job['failure_class']}" if job.get("failure_class") else ""
+        sentences.append(
+            f"Waiting out its backoff{after}: attempt {attempt + 1}{of} starts no earlier than "
+            f"{fmt.clock(retry_at.isoformat())} (in {fmt.about((retry_at - now).total_seconds())})."
+        )
+    return " ".join(sentences)
+
+
+def may_requeue(job: Job) -> bool:
+    """A failed or timed-out job goes back in line as itself (POST /jobs/{id}/requeue); others are run
+    again as a copy."""
+    return job.get("state") in ("failed", "timed_out")
+
+
+def requeued_text(job: Job) -> str:
+    """What requeueing a job did, from the API's answer (the job, back in line)."""
+    return (
+        f"Job {job['id']} ({job['name']}) is back in line, with a fresh budget of attempts: attempt "
+        f"{job['attempt'] + 1} of {job['max_attempts']} comes next. The Queue page shows where it stands."
+    )
 
 
 def day_bounds(first: Any, last: Any) -> tuple[datetime | None, datetime | None]:

@@ -95,7 +95,9 @@ def wait_text(wait: Mapping[str, Any]) -> str:
     if wait.get("estimated_start_at"):
         early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
         between = f"between {when(early)} and {when(late)}" if band_text(wait) else ""
-        source = fmt.SOURCE_WORDS.get(wait.get("source") or "")
+        # A job waiting out its backoff starts at its retry time, whatever the runtimes say.
+        backoff = wait.get("reason") == "retry_backoff"
+        source = "" if backoff else fmt.SOURCE_WORDS.get(wait.get("source") or "")
         detail = "; ".join(d for d in (between, source) if d)
         start = when(wait["estimated_start_at"])
         detail = f" ({detail})" if detail else ""
@@ -147,13 +149,22 @@ def queue_rows(entries: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[st
                 "owner": f"{q['user']} (you)" if q["user"] == me else q["user"],
                 "name": q["name"],
                 "GPUs": q["gpus"],
-                "priority": f"{q['priority']}, held" if q.get("held") else q["priority"],
+                "priority": _priority(q),
                 "est. start": start + (f" ({band})" if band else ""),
                 "wait": fmt.about(q.get("estimated_wait_s")),
                 "why": "held: release it to let it start" if q.get("held") else q["reason_text"],
             }
         )
     return rows
+
+
+def _priority(entry: Mapping[str, Any]) -> str:
+    """Its priority, and whether it is held or waiting out a backoff after a failed attempt."""
+    if entry.get("held"):
+        return f"{entry['priority']}, held"
+    if entry.get("reason") == "retry_backoff":
+        return f"{entry['priority']}, retrying"
+    return str(entry["priority"])
 
 
 def band_text(wait: Mapping[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The UI's page logic as plain functions: forms, sentences, rows, and the series kept between refreshes."""
+"""The UI's page logic as plain functions: forms, sentences, rows, log tails, and series for charts."""
 
 from __future__ import annotations
 

@@ -68,24 +68,29 @@ def _card(job: dict[str, Any], *, now: datetime) -> None:
             )
         elif job["cancel_requested"]:
             stop.caption("stopping…")
-        if view.idle:
-            st.badge(
-                view.idle,
-                icon=":material/warning:",
-                color="orange",
-                help="None of its GPUs has been busy for GPUYARD_IDLE_GPU_AFTER_S. If it no longer needs "
-                "them, cancel it: others could use them.",
-            )
-        st.progress(view.progress or 0.0, text=view.progress_text)
-        said = [" · ".join(f"{k} {_short(v)}" for k, v in view.metrics.items()), view.usage]
-        if any(said):
-            st.caption(" · ".join(s for s in said if s))
-        if view.tensorboard_url:
-            st.link_button(
-                "TensorBoard", view.tensorboard_url, icon=":material/monitoring:", help=view.tensorboard_text
-            )
-        elif view.tensorboard_text:
-            st.caption(view.tensorboard_text)
+        _state(view)
+
+
+def _state(view: cards.RunningView) -> None:
+    """Below a card's head: the idle flag, progress, metrics and GPU use, and its TensorBoard run."""
+    if view.idle:
+        st.badge(
+            view.idle,
+            icon=":material/warning:",
+            color="orange",
+            help="None of its GPUs has been busy for a while (GPUYARD_IDLE_GPU_AFTER_S, 30 min by default). "
+            "If it no longer needs them, cancel it: others could use them.",
+        )
+    st.progress(view.progress or 0.0, text=view.progress_text)
+    said = [" · ".join(f"{k} {_short(v)}" for k, v in view.metrics.items()), view.usage]
+    if any(said):
+        st.caption(" · ".join(s for s in said if s))
+    if view.tensorboard_url:
+        st.link_button(
+            "TensorBoard", view.tensorboard_url, icon=":material/monitoring:", help=view.tensorboard_text
+        )
+    elif view.tensorboard_text:
+        st.caption(view.tensorboard_text)
 
 
 def _short(value: Any) -> str:

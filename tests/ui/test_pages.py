@@ -22,18 +22,20 @@ from tests.ui.conftest import app, assert_no_exception, charts, errors, open_pag
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 # Series quick enough for a test: a usage point a second, every progress report kept, and a job whose GPUs
-# are idle for 2 s is flagged (the fake GPUs' load follows the job's CPU use: a sleeping job is idle).
-QUICK_SERIES = {
+# are idle for 2 s is flagged (the fake GPUs' load follows the job's CPU use: a sleeping job is idle). A
+# retried job waits a minute, long enough to look at it however slow the machine is.
+STACK_ENV = {
     "GPUYARD_USAGE_BUCKET_S": "1",
     "GPUYARD_PROGRESS_POINT_S": "0",
     "GPUYARD_IDLE_GPU_AFTER_S": "2",
+    "GPUYARD_RETRY_BACKOFF_S": "60",
 }
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("ui-pages")
-    with running_stack(base, amqp_url, fake_gpus=2, extra_env=QUICK_SERIES) as s:
+    with running_stack(base, amqp_url, fake_gpus=2, extra_env=STACK_ENV) as s:
         yield s
 
 
@@ -201,7 +203,7 @@ def test_queue_says_when_a_failed_job_tries_again(stack: Stack, alice: str) -> N
     backing_off = wait_for(
         lambda: (j := stack.job(job_id))["state"] == "queued" and j["retry_at"] and j,
         what=f"job {job_id} to wait out its backoff",
-    )  # GPUYARD_RETRY_BACKOFF_S: 10 s
+    )
     with stack.client(alice) as c:
         (entry,) = [q for q in c.queue()["data"] if q["id"] == job_id]
     assert entry["reason"] == "retry_backoff" and entry["estimated_start_at"] is not None

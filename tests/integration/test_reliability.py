@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aio_pika
@@ -47,6 +48,10 @@ def test_a_job_s_own_failure_is_final_unless_it_asked_for_retries(stack: Stack, 
         (1, 3, "exit_nonzero"),
         (2, 0, None),
     ]
+    waited = datetime.fromisoformat(attempts[1]["dispatched_at"]) - datetime.fromisoformat(
+        attempts[0]["ended_at"]
+    )
+    assert waited >= timedelta(seconds=0.5), "the second attempt waited out its backoff"
     with stack.admin() as admin:
         assert admin.logs(retried["id"], attempt=1)["data"].endswith("boom on run 1\n")
         assert all(d["job_id"] not in (plain["id"], retried["id"]) for d in admin.dead_letters())

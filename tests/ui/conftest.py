@@ -61,6 +61,17 @@ def texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def charts(at: AppTest) -> list[Any]:
+    """The data of every chart on the page, as pandas DataFrames (one per dataset)."""
+    from streamlit import dataframe_util
+
+    return [
+        dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data)
+        for chart in at.get("vega_lite_chart")
+        for d in chart.proto.datasets
+    ]
+
+
 def errors(at: AppTest) -> str:
     return "\n".join(e.value for e in at.error)
 

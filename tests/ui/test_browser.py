@@ -1,6 +1,7 @@
 """A person in a real browser (Debian's Chromium, driven by Playwright) against `gpuyard ui` and a real
 controller and worker: sign in, submit the example training job through the form, watch it wait, run and
-succeed, read its output, and cancel a waiting job. Screenshots of every page go to test-artifacts/ui/."""
+succeed, read its output, cancel a waiting job, and read a dead letter. Screenshots of every page go to
+test-artifacts/ui/."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("ui-browser"), amqp_url, fake_gpus=1) as s:
+    quick = {"GPUYARD_USAGE_BUCKET_S": "1"}  # the GPUs' charts draw from their second point on
+    with running_stack(tmp_path_factory.mktemp("ui-browser"), amqp_url, fake_gpus=1, extra_env=quick) as s:
         yield s
 
 
@@ -174,6 +176,7 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.see(f"Job {job['id']} · digits-ui", timeout_ms=60_000)
     me.see(re.compile(r"\(step [3-8] of 8\)"), timeout_ms=60_000)  # a few reports: a few points
     me.see("device=cpu", timeout_ms=60_000)  # the live output
+    me.page.locator('[data-testid="stVegaLiteChart"]').nth(2).wait_for()  # its curves and its GPU's use
     me.shot("06-running", showing="stVegaLiteChart")
 
     me.go("GPUs")
@@ -189,6 +192,20 @@ def test_sign_in_submit_watch_and_cancel_in_a_browser(
     me.see("device=cpu")
     me.see("epoch 8/8")
     me.shot("08-history-output", showing="stDataFrame")
+
+    with stack.admin() as api:  # one failure it asked to retry, and no attempt left: a dead letter
+        doomed = api.submit(
+            "echo out of luck; exit 3", name="doomed", retry_on=["exit_nonzero"], max_attempts=1
+        )
+    stack.wait_state(doomed["id"], "failed")
+    me.go("Dead letters")
+    me.see("1 job waits for a decision")
+    me.page.get_by_text(re.compile(rf"^Dead letter \d+ · job {doomed['id']} ")).click()  # open its expander
+    me.see("out of luck")
+    from playwright.sync_api import expect
+
+    expect(me.page.get_by_role("button", name="Requeue")).to_be_in_viewport(ratio=1)  # opened all the way
+    me.shot("09-dead-letters")
 
     me.page.get_by_role("button", name="Sign out").click()
     me.see("Sign in with your token")

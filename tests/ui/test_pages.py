@@ -15,17 +15,27 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from gpuyard.adapters.broker.local import free_port
-from gpuyard.entrypoints.ui import session
+from gpuyard.entrypoints.ui import session, views
 from tests.support.stack import Stack, held_job, release, running_stack, wait_for
-from tests.ui.conftest import app, assert_no_exception, errors, open_page, texts
+from tests.ui.conftest import app, assert_no_exception, charts, errors, open_page, texts
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+# Series quick enough for a test: a usage point a second, every progress report kept, and a job whose GPUs
+# are idle for 2 s is flagged (the fake GPUs' load follows the job's CPU use: a sleeping job is idle). A
+# retried job waits a minute, long enough to look at it however slow the machine is.
+STACK_ENV = {
+    "GPUYARD_USAGE_BUCKET_S": "1",
+    "GPUYARD_PROGRESS_POINT_S": "0",
+    "GPUYARD_IDLE_GPU_AFTER_S": "2",
+    "GPUYARD_RETRY_BACKOFF_S": "60",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("ui-pages"), amqp_url, fake_gpus=2) as s:
+    base = tmp_path_factory.mktemp("ui-pages")
+    with running_stack(base, amqp_url, fake_gpus=2, extra_env=STACK_ENV) as s:
         yield s
 
 
@@ -187,9 +197,29 @@ def test_queue_lists_the_line_and_manages_a_waiting_job(stack: Stack, alice: str
     stack.wait_state(blocker, "succeeded")
 
 
+def test_queue_says_when_a_failed_job_tries_again(stack: Stack, alice: str) -> None:
+    with stack.client(alice) as c:
+        job_id = c.submit("exit 3", name="flaky", retry_on=["exit_nonzero"], max_attempts=2)["id"]
+    backing_off = wait_for(
+        lambda: (j := stack.job(job_id))["state"] == "queued" and j["retry_at"] and j,
+        what=f"job {job_id} to wait out its backoff",
+    )
+    with stack.client(alice) as c:
+        (entry,) = [q for q in c.queue()["data"] if q["id"] == job_id]
+    assert entry["reason"] == "retry_backoff" and entry["estimated_start_at"] is not None
+    at = open_page(stack, alice, "queue.py")
+    (row,) = [r for _, r in at.table[0].value.iterrows() if r["job"] == job_id]
+    assert row["priority"] == "normal, retrying"
+    assert row["why"].startswith("retrying after exit_nonzero: attempt 2 of 2 starts no earlier than ")
+    assert row["est. start"] == views.when(backing_off["retry_at"])
+    with stack.client(alice) as c:
+        c.cancel(job_id)
+    stack.wait_state(job_id, "cancelled")
+
+
 def reporting_job(release_dir: Path) -> str:
     """A job that reports steps 1, 2 and 3 of ten with a loss, each once the test lets it (the file
-    step<N> in release_dir), then waits to be released."""
+    step<N> in release_dir), then sleeps (idle on its GPU) until it is cancelled."""
     code = (
         "import gpuyard, os, time\n"
         "for i in range(1, 4):\n"
@@ -197,13 +227,16 @@ def reporting_job(release_dir: Path) -> str:
         "        time.sleep(0.05)\n"
         "    gpuyard.report(step=i, total=10, loss=1.0 / i)\n"
         "    print('step', i, flush=True)\n"
+        "time.sleep(600)\n"
     )
     script = release_dir / "report.py"
     script.write_text(code)
-    return f"{sys.executable} {script} && {held_job(release_dir)}"
+    return f"{sys.executable} {script}"
 
 
-def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, release_dir: Path) -> None:
+def test_running_shows_progress_output_and_curves_of_the_whole_run(
+    stack: Stack, alice: str, release_dir: Path
+) -> None:
     with stack.client(alice) as c:
         job_id = c.submit(reporting_job(release_dir), gpus=1, name="reporter", time_limit_s=600)["id"]
     with stack.admin() as c:
@@ -213,19 +246,26 @@ def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, rele
         return stack.job(job_id)["progress_step"] == step
 
     wait_for(lambda: reported(1), what="the first progress report")
-    at = open_page(stack, alice, "running.py")  # the page sees step 1
     for step in (2, 3):
         (release_dir / f"step{step - 1}").touch()
         wait_for(lambda: reported(step), what=f"progress report {step}")  # noqa: B023 - used at once
-        at.run()
+    with stack.client(alice) as c:
+        wait_for(lambda: len(c.job_series(job_id)["gpu"]) >= 2, what="two GPU usage points")
+    wait_for(lambda: idle_since(stack, job_id), what="the job's idle flag (it sleeps)")
+    at = open_page(stack, alice, "running.py")  # opened after the reports: the series come from the API
     assert_no_exception(at)
     said = texts(at)
     assert f"Job {job_id} · reporter" in said and "ends" in said and "from progress" in said
     assert [p.value for p in at.get("progress")] == [30], "step 3 of 10"
     assert "Other people's running jobs" in said and "admins-run" in said
     assert "step 3" in "\n".join(c.value for c in at.code), "the log tail"
-    points = at.session_state["running.series"][job_id].points
-    assert points == [{"step": s, "loss": 1.0 / s} for s in (1.0, 2.0, 3.0)], "the curves: what the page saw"
+    (curves,) = [c for c in charts(at) if "loss" in c]
+    assert list(zip(curves["step"], curves["loss"], strict=True)) == [(s, 1.0 / s) for s in (1.0, 2.0, 3.0)]
+    usage = [c for c in charts(at) if "utilization" in c][0]
+    assert len(usage) >= 2 and usage["memory"].max() > 0, "its GPU over time, with the memory it holds"
+    assert "GPU idle since" in said and "GPU use " in said, "the idle flag, and its use so far"
+    run = stack.job(job_id)["tensorboard_run"]
+    assert f"TensorBoard run `{run}`" in said and "gpuyard up --tensorboard-port 6006" in said
     button(at, "Cancel").click()
     at.run()
     assert stack.wait_state(job_id, "cancelled")["failure_class"] == "cancelled"
@@ -233,29 +273,52 @@ def test_running_shows_progress_output_and_curves(stack: Stack, alice: str, rele
     stack.wait_state(other, "succeeded")
 
 
-def test_gpus_shows_holders_load_and_outside_processes(stack: Stack, release_dir: Path) -> None:
+def test_gpus_shows_holders_load_idle_jobs_and_outside_processes(stack: Stack, alice: str) -> None:
     stack.fake_state_file.write_text(
         json.dumps({"outside": {"1": [{"pid": 4242, "user": "carol", "used_memory_mib": 1000}]}})
     )
     with stack.admin() as c:
-        job_id = c.submit(held_job(release_dir), gpus=1, name="holder")["id"]
+        job_id = c.submit("sleep 600", gpus=1, name="holder")["id"]  # idle on its GPU
         stack.wait_state(job_id, "running")
     try:
         wait_for(lambda: any(g["outside_processes"] for g in stack.admin().gpus()["gpus"]), what="the sample")
+        wait_for(lambda: idle_since(stack, job_id), what="the job's idle flag")
         at = open_page(stack, stack.admin_token, "gpus.py")
         said = texts(at)
         assert "1 of 2 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard." in said
         assert f"job {job_id} · holder (you)" in said and "pid 4242 (carol, 1000 MiB)" in said
+        (warning,) = [w.value for w in at.warning]
+        assert warning.startswith(f"Job {job_id} · holder (you) holds {stack.node} GPU ")
+        assert "but has not used it since" in warning and "cancel it" in warning
+        table = at.dataframe[0].value
+        assert list(table[table["job"].str.startswith(f"job {job_id}")]["idle since"]) != [""]
+        wait_for(lambda: fewest_usage_points(stack) >= 2, what="two usage points of each GPU")
         at.run()
-        samples = at.session_state["gpus.samples"]
-        assert sum(len(s) for s in samples.samples.values()) == 4, "two samples of two GPUs"
+        utilization, memory = [c for c in charts(at) if "GPU" in c]
+        assert set(utilization["GPU"]) == {f"{stack.node}:0", f"{stack.node}:1"}, "a line per GPU"
+        assert memory["percent"].max() > 0, "the job's GPU holds memory"
+        theirs = open_page(stack, alice, "gpus.py")
+        assert not theirs.warning and "Idle flags show on your own jobs" in texts(theirs)
     finally:
         stack.fake_state_file.write_text("{}")
-        release(release_dir, job_id)
-        stack.wait_state(job_id, "succeeded")
+        with stack.admin() as c:
+            c.cancel(job_id)
+        stack.wait_state(job_id, "cancelled")
 
 
-def test_history_filters_pages_shows_output_and_requeues(stack: Stack, alice: str) -> None:
+def idle_since(stack: Stack, job_id: int) -> str | None:
+    usage = stack.job(job_id)["gpu_usage"]
+    return usage["idle_since"] if usage else None
+
+
+def fewest_usage_points(stack: Stack) -> int:
+    """The points of the GPU with the fewest in the last hour's usage series."""
+    with stack.admin() as c:
+        gpus = c.gpu_usage(minutes=60)["gpus"]
+    return min((len(g["points"]) for g in gpus), default=0) if len(gpus) == 2 else 0
+
+
+def test_history_filters_pages_shows_output_requeues_and_runs_again(stack: Stack, alice: str) -> None:
     with stack.client(alice) as c:
         ids = [c.submit(f"echo out-{i}; exit {i % 2}", name=f"hist-{i}")["id"] for i in range(3)]
     for job_id in ids:
@@ -284,15 +347,34 @@ def test_history_filters_pages_shows_output_and_requeues(stack: Stack, alice: st
     at.date_input(key="history.days").set_value(())
     button(at, "Apply filters").click()
     at.run()
-    button(at, "Requeue (submit it again as a new job)").click()
+    assert "Attempt 1 of 3. Retried after: a lost machine." in texts(at)
+    assert [b.label for b in at.button if b.key and b.key.startswith("history.r")] == ["Requeue"]
+    button(at, "Requeue").click()  # failed: the same job goes back in line
+    at.run()
+    assert_no_exception(at)
+    assert not at.error, errors(at)
+    assert f"Job {ids[1]} (hist-1) is back in line, with a fresh budget of attempts: attempt 2 of 4" in texts(
+        at
+    )
+    wait_for(lambda: stack.job(ids[1])["attempt"] == 2, what=f"job {ids[1]}'s second attempt")
+    stack.wait_state(ids[1], "failed")  # exit 1 again
+
+    at.text_input(key="history.name").input("HIST-0")
+    button(at, "Apply filters").click()
+    at.run()
+    assert [b.label for b in at.button if b.key and b.key.startswith("history.r")] == [
+        "Run again (submit a copy as a new job)"
+    ], "it succeeded: run again as a copy"
+    button(at, "Run again (submit a copy as a new job)").click()
     at.run()
     assert_no_exception(at)
     success = "\n".join(s.value for s in at.success)
     assert not at.error, errors(at)
-    assert f"Job {ids[1]} requeued as job" in success
-    new_id = int(success.split("requeued as job ")[1].split()[0].rstrip(".,"))
-    copy, original = stack.job(new_id), stack.job(ids[1])
-    assert copy["user"] == "alice" and copy["command"] == original["command"] and copy["name"] == "hist-1"
+    assert f"Job {ids[0]} runs again as job" in success
+    new_id = int(success.split("runs again as job ")[1].split()[0].rstrip(".,"))
+    copy, original = stack.job(new_id), stack.job(ids[0])
+    assert copy["user"] == "alice" and copy["command"] == original["command"] and copy["name"] == "hist-0"
+    stack.wait_state(new_id, "succeeded")
 
 
 def test_history_filters_in_the_api(stack: Stack, alice: str) -> None:
@@ -303,3 +385,55 @@ def test_history_filters_in_the_api(stack: Stack, alice: str) -> None:
         assert c.jobs(name="needle", submitted_after=now + timedelta(minutes=1))["data"] == []
         assert len(c.jobs(name="needle", submitted_before=now + timedelta(minutes=1))["data"]) == 1
         assert c.jobs(name="50%_")["data"] == [], "LIKE wildcards match themselves"
+
+
+def dead_job(stack: Stack, token: str, name: str) -> tuple[int, int]:
+    """A job that fails at once, having asked for that failure to be retried but with one attempt only: it
+    is dead-lettered. Its id, and its dead letter's."""
+    with stack.client(token) as c:
+        command = f"echo last words of {name}; exit 3"
+        job_id = c.submit(command, name=name, retry_on=["exit_nonzero"], max_attempts=1)["id"]
+        stack.wait_state(job_id, "failed")
+        (dead,) = wait_for(
+            lambda: [d for d in c.dead_letters() if d["job_id"] == job_id], what=f"job {job_id}'s dead letter"
+        )
+    return job_id, int(dead["id"])
+
+
+def test_dead_letters_say_why_show_the_output_and_requeue(stack: Stack, alice: str) -> None:
+    job_id, dead_id = dead_job(stack, alice, "doomed")
+    admins_job, admins_dead = dead_job(stack, stack.admin_token, "admins-doomed")
+    admins_page = open_page(stack, stack.admin_token, "dead.py")
+    said = texts(admins_page)
+    assert "wait for a decision" in said and {job_id, admins_job} <= set(
+        admins_page.dataframe[0].value["job"]
+    )
+    (opened,) = [e for e in admins_page.expander if e.label.startswith(f"Dead letter {dead_id} ")]
+    assert opened.label.startswith(f"Dead letter {dead_id} · job {job_id} (alice) · exit_nonzero, 1 attempt")
+    assert "last words of doomed" in opened.code[0].value
+    (why,) = [m.value for m in opened.markdown]
+    reason = f"Job {job_id} failed: exit_nonzero on each of its 1 attempt(s), and it may not try again."
+    assert why == f"**Why:** {reason}"
+
+    at = open_page(stack, alice, "dead.py")
+    assert list(at.dataframe[0].value["job"]) == [job_id], "alice sees her own jobs' dead letters"
+    button(at, "Requeue").click()
+    at.run()
+    assert_no_exception(at)
+    assert f"Dead letter {dead_id}: job {job_id} is back in line" in texts(at)
+    wait_for(lambda: stack.job(job_id)["attempt"] == 2, what=f"job {job_id}'s second attempt")
+    stack.wait_state(job_id, "failed")  # it fails again: a new dead letter
+    at.checkbox(key="dead.include_requeued").check().run()
+    assert dead_id in set(at.dataframe[0].value["id"]), "the requeued one, when asked for"
+
+    with stack.admin() as c:  # someone requeues it while the admin's page still offers to
+        c.requeue_dead(admins_dead)
+    admins_page.button(key=f"dead.requeue.{admins_dead}").click()
+    admins_page.run()
+    assert_no_exception(admins_page)
+    said = errors(admins_page)
+    assert (
+        f"Could not requeue dead letter {admins_dead}. Dead letter {admins_dead} was requeued already" in said
+    )
+    wait_for(lambda: stack.job(admins_job)["attempt"] == 2, what=f"job {admins_job}'s second attempt")
+    stack.wait_state(admins_job, "failed")

@@ -1,4 +1,4 @@
-"""The UI's page logic as plain functions: forms, sentences, rows, and the series kept between refreshes."""
+"""The UI's page logic as plain functions: forms, sentences, rows, log tails, and series for charts."""
 
 from __future__ import annotations
 
@@ -10,15 +10,24 @@ import httpx
 import pytest
 
 from gpuyard.client import ApiError, ApiUnreachable
-from gpuyard.entrypoints.ui import listings, views
+from gpuyard.entrypoints.cli import format as fmt
+from gpuyard.entrypoints.ui import cards, dead_letters, listings, views
 from gpuyard.entrypoints.ui.forms import (
     SubmitForm,
+    copy_submission,
     parse_command,
     parse_env,
     parse_submission,
-    requeue_submission,
 )
-from gpuyard.entrypoints.ui.series import GpuSamples, LogTail, MetricSeries, read_all
+from gpuyard.entrypoints.ui.series import (
+    LogTail,
+    gpu_usage_rows,
+    job_usage_rows,
+    metric_names,
+    metric_points,
+    read_all,
+    usage_span,
+)
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
@@ -101,7 +110,7 @@ def test_parse_submission(tmp_path: Path) -> None:
     }
 
 
-def test_requeue_submission_copies_the_spec() -> None:
+def test_copy_submission_copies_the_spec() -> None:
     job = {
         "command": ["sh", "-c", "echo hi"],
         "gpus": 2,
@@ -110,9 +119,11 @@ def test_requeue_submission_copies_the_spec() -> None:
         "workdir": "/w",
         "env": {"A": "1"},
         "time_limit_s": 60,
-        "state": "failed",
+        "state": "succeeded",
+        "retry_on": ["oom"],
+        "max_attempts": 5,  # after a requeue, it counts the attempts used before: not copied
     }
-    submission = requeue_submission(job)
+    submission = copy_submission(job)
     assert submission.command == ["sh", "-c", "echo hi"]
     assert submission.kwargs() == {
         "gpus": 2,
@@ -121,6 +132,7 @@ def test_requeue_submission_copies_the_spec() -> None:
         "workdir": "/w",
         "env": {"A": "1"},
         "time_limit_s": 60,
+        "retry_on": ("oom",),
     }
 
 
@@ -172,6 +184,37 @@ def test_wait_text() -> None:
     assert held == "Job 7 is held (3rd in line): release it to let it start."
 
 
+BACKOFF_TEXT = (
+    "retrying after exit_nonzero: attempt 2 of 3 starts no earlier than 12:00:20; it keeps its place in line"
+)
+
+
+def test_a_job_waiting_out_its_backoff_reads_well() -> None:
+    retry = wait(
+        position=1,
+        reason="retry_backoff",
+        reason_text=BACKOFF_TEXT,
+        estimated_start_at=iso(NOW + timedelta(seconds=20)),
+        estimated_start_earliest_at=iso(NOW + timedelta(seconds=20)),
+        estimated_start_latest_at=None,
+        estimated_wait_s=20,
+    )
+    text = views.wait_text(retry)
+    start = views.when(retry["estimated_start_at"])
+    assert text == f"Job 7 is next in line. Estimated start {start}, in 20s. Why: {BACKOFF_TEXT}", (
+        "no runtime source and no band: it starts at its retry time"
+    )
+    (row,) = views.queue_rows(
+        [{**retry, "user": "bob", "name": "x", "gpus": 1, "priority": "high"}], me="alice"
+    )
+    assert (row["priority"], row["est. start"], row["wait"], row["why"]) == (
+        "high, retrying",
+        start,
+        "20s",
+        BACKOFF_TEXT,
+    )
+
+
 def job(**over: Any) -> dict[str, Any]:
     base = {
         "id": 5,
@@ -194,6 +237,9 @@ def job(**over: Any) -> dict[str, Any]:
         "submitted_at": iso(NOW),
         "cancel_requested": False,
         "priority": "normal",
+        "max_attempts": 3,
+        "retry_on": [],
+        "retry_at": None,
     }
     return {**base, **over}
 
@@ -209,20 +255,45 @@ def job(**over: Any) -> dict[str, Any]:
     ],
 )
 def test_estimated_end(over: dict[str, Any], minutes: int | None, source: str) -> None:
-    end, said = views.estimated_end(job(**over), now=NOW)
+    end, said = cards.estimated_end(job(**over), now=NOW)
     started = NOW - timedelta(minutes=10)
     assert end == (None if minutes is None else started + timedelta(minutes=minutes))
     assert said == source
 
 
 def test_running_view() -> None:
-    view = views.running_view(
+    view = cards.running_view(
         job(progress=0.5, progress_step=50.0, progress_total=100.0, metrics={"loss": 0.5}), now=NOW
     )
     assert view.title == "Job 5 · digits" and view.gpus == "box GPUs 0, 1" and view.elapsed == "10m00s"
     assert view.progress_text == "50% (step 50 of 100)" and "from progress" in view.ends
-    bare = views.running_view(job(), now=NOW)
+    bare = cards.running_view(job(), now=NOW)
     assert "gpuyard.report" in bare.progress_text and bare.ends.startswith("unknown")
+    assert (bare.idle, bare.usage, bare.tensorboard_url, bare.tensorboard_text) == ("", "", None, "")
+
+
+def test_running_view_flags_idle_gpus_and_links_tensorboard() -> None:
+    usage = {
+        "utilization_mean_pct": 2.4,
+        "utilization_peak_pct": 61.0,
+        "memory_mean_mib": 4096,
+        "memory_peak_mib": 5120,
+        "samples": 40,
+        "idle_since": iso(NOW - timedelta(minutes=5)),
+    }
+    run = "job-5-digits/attempt-1"
+    view = cards.running_view(job(gpu_usage=usage, tensorboard_run=run), now=NOW)
+    since = views.when(usage["idle_since"], now=NOW)
+    assert view.idle == f"GPUs idle since {since}"
+    assert view.usage == "GPU use 2% mean, 61% peak · memory 4,096 MiB mean, 5,120 MiB peak"
+    assert view.tensorboard_url is None and f"`{run}`" in view.tensorboard_text
+    assert "`gpuyard up --tensorboard-port 6006`" in view.tensorboard_text, "how to get a link"
+    one = job(gpus=1, gpu_indices=[0], gpu_usage={**usage, "idle_since": None})
+    assert cards.running_view(one, now=NOW).idle == "", "busy again: no flag"
+    assert cards.idle_text({**one, "gpu_usage": usage}, now=NOW) == f"GPU idle since {since}"
+    url = "http://box:6006/?runFilter=x#timeseries"
+    linked = cards.running_view(job(tensorboard_run=run, tensorboard_url=url), now=NOW)
+    assert linked.tensorboard_url == url and linked.tensorboard_text == f"Its run {run} in TensorBoard"
 
 
 def test_queue_rows_and_summary() -> None:
@@ -291,10 +362,11 @@ def test_gpu_rows_summary_and_others() -> None:
     assert listings.gpu_summary({"gpus": gpus}) == (
         "2 of 3 GPUs in use by gpuyard jobs; 1 with processes outside gpuyard; 1 on offline nodes."
     )
-    assert views.others_running(gpus, shown=set()) == [
+    assert [r["idle since"] for r in rows] == ["", "", "", ""]
+    assert cards.others_running(gpus, shown=set()) == [
         {"job": 9, "owner": "bob", "name": "big", "node": "box", "GPUs": "0, 1"}
     ]
-    assert views.others_running(gpus, shown={9}) == []
+    assert cards.others_running(gpus, shown={9}) == []
     notes = listings.node_notes(
         [{"name": "old", "online": False, "gpus": 4, "last_seen_at": iso(NOW - timedelta(minutes=5))}],
         now=NOW,
@@ -305,11 +377,127 @@ def test_gpu_rows_summary_and_others() -> None:
     ]
 
 
+def test_gpus_of_a_job_flagged_idle() -> None:
+    since = iso(NOW - timedelta(minutes=5))
+    running = [
+        job(id=9, gpu_usage={"idle_since": since}),
+        job(id=10, gpu_usage={"idle_since": None}),
+        job(id=11, gpu_usage=None),
+    ]
+    idle = listings.idle_jobs(running)
+    assert idle == {9: since}
+    gpus = [
+        gpu(0, job_id=9, job_user="bob", job_name="big"),
+        gpu(1, job_id=9, job_user="bob", job_name="big"),
+        gpu(2, job_id=10, job_user="alice", job_name="busy"),
+    ]
+    rows = listings.gpu_rows(gpus, me="alice", idle=idle)
+    at = views.when(since)
+    assert [r["idle since"] for r in rows] == [at, at, ""]
+    assert listings.idle_notes(gpus, idle, me="alice") == [
+        f"Job 9 · big (bob) holds box GPUs 0, 1 but has not used them since {at}. If it no longer needs "
+        "them, cancel it: others could use them."
+    ]
+    mine = listings.idle_notes([gpu(3, job_id=9, job_user="alice", job_name="big")], idle, me="alice")
+    assert mine == [
+        f"Job 9 · big (you) holds box GPU 3 but has not used it since {at}. If it no longer needs it, "
+        "cancel it: others could use it."
+    ]
+
+
 def test_history_rows() -> None:
     done = job(state="failed", exit_code=3, failure_class="exit_nonzero", finished_at=iso(NOW), attempt=2)
     (row,) = listings.history_rows([done], me="alice")
-    assert row["state"] == "failed" and row["exit"] == 3 and row["attempts"] == 2
+    assert row["state"] == "failed" and row["exit"] == 3 and row["attempts"] == "2 of 3"
     assert row["owner"] == "you" and row["duration"] == "10m00s"
+
+
+def test_attempts_retries_and_a_backoff_in_words() -> None:
+    failed = job(state="failed", failure_class="exit_nonzero", attempt=3, retry_on=["exit_nonzero", "oom"])
+    assert listings.attempts_text(failed, now=NOW) == (
+        "Attempt 3 of 3. Retried after: a lost machine, exit_nonzero, oom."
+    )
+    assert listings.may_requeue(failed) and listings.may_requeue(job(state="timed_out"))
+    assert not any(listings.may_requeue(job(state=s)) for s in ("succeeded", "cancelled", "queued"))
+    retry_at = NOW + timedelta(seconds=20)
+    backing_off = job(state="queued", failure_class="node_lost", attempt=1, retry_at=iso(retry_at))
+    assert listings.attempts_text(backing_off, now=NOW) == (
+        "Attempt 1 of 3. Retried after: a lost machine. Waiting out its backoff after node_lost: attempt 2 "
+        f"of 3 starts no earlier than {fmt.clock(iso(retry_at))} (in 20s)."
+    )
+    assert "backoff" not in listings.attempts_text(backing_off, now=retry_at), "its time has come"
+    assert listings.attempts_text(job(state="queued", attempt=0), now=NOW).startswith(
+        "No attempt yet (3 allowed)."
+    )
+    back = job(id=12, name="bert", state="queued", attempt=3, max_attempts=6)
+    assert listings.requeued_text(back).startswith(
+        "Job 12 (bert) is back in line, with a fresh budget of attempts: attempt 4 of 6 comes next."
+    )
+
+
+def letter(**over: Any) -> dict[str, Any]:
+    base = {
+        "id": 4,
+        "kind": "job",
+        "job_id": 12,
+        "user": "alice",
+        "reason": "Job 12 failed: exit_nonzero on each of its 1 attempt(s), and it may not try again.",
+        "failure_class": "exit_nonzero",
+        "attempts": 1,
+        "log_tail": "boom\n",
+        "routing_key": None,
+        "body": None,
+        "created_at": iso(NOW),
+        "requeued_at": None,
+    }
+    return {**base, **over}
+
+
+def test_dead_letter_rows_titles_and_summary() -> None:
+    message = letter(
+        id=5, kind="message", job_id=None, user=None, failure_class=None, attempts=None,
+        reason="rejected: the body is not a known message", routing_key="gpuyard.t1.events", body={"x": 1},
+    )  # fmt: skip
+    done = letter(id=3, requeued_at=iso(NOW))
+    rows = dead_letters.dead_rows([letter(), message, done], me="alice", now=NOW)
+    assert [r["kind"] for r in rows] == ["job", "message", "job"], "messages are there: a kind column"
+    assert rows[0] | {"when": "-"} == {
+        "id": 4, "kind": "job", "job": 12, "owner": "you", "failure": "exit_nonzero", "attempts": 1,
+        "when": "-", "requeued": "", "why": letter()["reason"],
+    }  # fmt: skip
+    assert rows[1]["owner"] == "-" and rows[2]["requeued"] == views.when(iso(NOW), now=NOW)
+    assert "kind" not in dead_letters.dead_rows([letter()], me="bob")[0], "jobs only: no kind column"
+    at = views.when(iso(NOW), now=NOW)
+    assert dead_letters.dead_title(letter(), me="bob", now=NOW) == (
+        f"Dead letter 4 · job 12 (alice) · exit_nonzero, 1 attempt · {at}"
+    )
+    assert dead_letters.dead_title(message, me="bob", now=NOW) == (
+        f"Dead letter 5 · a message to gpuyard.t1.events · {at}"
+    )
+    assert dead_letters.dead_title(done, me="alice", now=NOW).endswith(
+        f"(you) · exit_nonzero, 1 attempt · {at} · requeued {at}"
+    )
+    assert dead_letters.dead_summary([letter(), message, done], is_admin=True) == (
+        "1 job and 1 message wait for a decision: read why below, fix what needs fixing, then requeue."
+    )
+    assert dead_letters.dead_summary([letter(id=6), letter()], is_admin=False).startswith("2 jobs wait")
+    assert dead_letters.dead_summary([done], is_admin=False).startswith("No dead letter of yours waits")
+
+
+def test_who_may_requeue_a_dead_letter_and_what_it_did() -> None:
+    message = letter(id=5, kind="message", job_id=None, routing_key="gpuyard.t1.node.box")
+    assert dead_letters.may_requeue(letter(), is_admin=False)
+    assert not dead_letters.may_requeue(letter(requeued_at=iso(NOW)), is_admin=True), "once"
+    assert not dead_letters.may_requeue(message, is_admin=False) and dead_letters.may_requeue(
+        message, is_admin=True
+    )
+    assert dead_letters.requeued_text(letter()).startswith(
+        "Dead letter 4: job 12 is back in line, with a fresh budget of attempts."
+    )
+    assert (
+        dead_letters.requeued_text(message)
+        == "Dead letter 5: the message was sent again to gpuyard.t1.node.box."
+    )
 
 
 def test_day_bounds_cover_whole_local_days() -> None:
@@ -348,27 +536,74 @@ def test_read_all_stops_at_the_cap() -> None:
     assert read_all(read, max_bytes=25) == ("x" * 30, False)
 
 
-def test_metric_series_one_point_per_new_step() -> None:
-    series = MetricSeries()
-    for step, loss in [(1, 0.9), (1, 0.9), (2, 0.5), (3, 0.25)]:
-        series.observe({"progress_step": step, "metrics": {"loss": loss, "tag": "x", "ok": True}})
-    assert series.points == [
-        {"step": 1.0, "loss": 0.9},
-        {"step": 2.0, "loss": 0.5},
-        {"step": 3.0, "loss": 0.25},
+def report(step: float | None, **metrics: Any) -> dict[str, Any]:
+    return {"at": iso(NOW), "step": step, "total": 10, "metrics": metrics}
+
+
+def test_metric_points_one_per_step_from_the_api_series() -> None:
+    series = {
+        "attempt": 2,
+        "progress": [
+            report(1, loss=0.9, tag="x", ok=True),
+            report(None, loss=0.8),  # no step: not on a curve over steps
+            report(1, loss=0.85),  # a step reported again: the last report wins
+            report(2, loss=0.5),
+            report(3),  # no numbers
+        ],
+    }
+    points = metric_points(series)
+    assert points == [{"step": 1.0, "loss": 0.85}, {"step": 2.0, "loss": 0.5}]
+    assert metric_names(points) == ["loss"]
+    latest = {"attempt": 2, "progress_step": 4, "metrics": {"loss": 0.25, "acc": 0.9}}
+    with_latest = metric_points(series, job=latest)
+    assert with_latest[-1] == {"step": 4.0, "loss": 0.25, "acc": 0.9}, "a report the series has not kept yet"
+    assert metric_names(with_latest) == ["loss", "acc"]
+    assert metric_points(series, job={**latest, "attempt": 3}) == points, (
+        "another attempt's report: not mixed"
+    )
+    many = {"attempt": 1, "progress": [report(i, loss=1.0 / i) for i in range(1, 1001)]}
+    thinned = metric_points(many, max_points=100)
+    assert len(thinned) <= 100 and thinned[-1]["step"] == 1000.0, "thinned, the newest kept"
+
+
+def test_job_usage_rows_over_clock_time() -> None:
+    series = {"gpu": [{"at": iso(NOW), "utilization_pct": 97.5, "memory_used_mib": 4000}]}
+    assert job_usage_rows(series) == [{"time": NOW, "utilization": 97.5, "memory": 4000}]
+    assert job_usage_rows({"gpu": []}) == []
+
+
+def usage(node: str, index: int, *points: tuple[int, float, int]) -> dict[str, Any]:
+    """A GPU of GET /gpus/usage, with (seconds after NOW, utilization %, memory MiB) points."""
+    return {
+        "node": node,
+        "index": index,
+        "points": [
+            {"at": iso(NOW + timedelta(seconds=s)), "utilization_pct": u, "memory_used_mib": m}
+            for s, u, m in points
+        ],
+    }
+
+
+def test_gpu_usage_rows_and_span() -> None:
+    payload = {"gpus": [usage("box", 0, (0, 10, 6000), (30, 20, 12000)), usage("gone", 0, (30, 5, 100))]}
+    totals = {("box", 0): 24000}
+    assert gpu_usage_rows(payload, "utilization", memory_total_mib=totals) == [
+        {"time": NOW, "GPU": "box:0", "percent": 10.0},
+        {"time": NOW + timedelta(seconds=30), "GPU": "box:0", "percent": 20.0},
+        {"time": NOW + timedelta(seconds=30), "GPU": "gone:0", "percent": 5.0},
     ]
-    series.observe({"progress_step": 1, "metrics": {"loss": 1.0}})  # a new attempt starts over
-    assert series.points == [{"step": 1.0, "loss": 1.0}] and series.names() == ["loss"]
+    memory = gpu_usage_rows(payload, "memory", memory_total_mib=totals)
+    assert [(r["GPU"], r["percent"]) for r in memory] == [("box:0", 25.0), ("box:0", 50.0)], (
+        "a GPU of unknown size has no memory percent"
+    )
+    assert usage_span(payload) == timedelta(seconds=30)
+    assert usage_span({"gpus": []}) == timedelta(0)
 
 
-def test_gpu_samples_keep_the_last_hour() -> None:
-    samples = GpuSamples()
-    samples.observe([gpu(0, utilization_pct=10)], now=NOW - timedelta(minutes=90))
-    samples.observe([gpu(0, utilization_pct=20)], now=NOW - timedelta(minutes=30))
-    samples.observe([gpu(0, utilization_pct=30)], now=NOW)
-    assert [r["percent"] for r in samples.rows("utilization")] == [20, 30]
-    assert [r["percent"] for r in samples.rows("memory")] == [25.0, 25.0]
-    assert samples.span() == timedelta(minutes=30)
+def test_gpu_usage_rows_thin_out_a_long_series_for_the_chart() -> None:
+    payload = {"gpus": [usage("box", 0, *((2 * i, i % 100, 0) for i in range(1000)))]}
+    rows = gpu_usage_rows(payload, "utilization", memory_total_mib={}, max_points=100)
+    assert 90 <= len(rows) <= 100 and rows[-1]["time"] == NOW + timedelta(seconds=1998)
 
 
 def test_session_book_tickets_are_one_time_and_sessions_expire() -> None:
@@ -412,14 +647,6 @@ def test_remember_route_sets_an_http_only_session_cookie() -> None:
     again = get(ticket)
     assert again.status_code == 204 and "set-cookie" not in again.headers
     BOOK.forget(sid)
-
-
-def test_gpu_samples_thin_out_a_long_series_for_the_chart() -> None:
-    samples = GpuSamples()
-    for i in range(1000):
-        samples.observe([gpu(0, utilization_pct=i % 100)], now=NOW + timedelta(seconds=2 * i))
-    rows = samples.rows("utilization", max_points=100)
-    assert 90 <= len(rows) <= 100 and rows[-1]["time"] == NOW + timedelta(seconds=1998)
 
 
 def test_when_says_today_tomorrow_or_the_day() -> None:

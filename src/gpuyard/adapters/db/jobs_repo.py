@@ -113,6 +113,11 @@ async def pending_jobs(conn: AsyncConnection) -> list[Row]:
             jobs.c.priority,
             jobs.c.submitted_at,
             jobs.c.held_at,
+            # a job waiting out its backoff does not start before retry_at, and says why it waits
+            jobs.c.retry_at,
+            jobs.c.attempt,
+            jobs.c.max_attempts,
+            jobs.c.failure_class,
             cast(jobs.c.argv, String).label("command"),  # as text: a key for the history of runtimes
             users.c.name.label("user"),
         )

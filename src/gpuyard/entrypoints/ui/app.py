@@ -26,6 +26,7 @@ def main() -> None:
         st.Page(PAGES / "gpus.py", title="GPUs", icon=":material/memory:"),
         st.Page(PAGES / "submit.py", title="Submit", icon=":material/add_circle:"),
         st.Page(PAGES / "history.py", title="History", icon=":material/history:"),
+        st.Page(PAGES / "dead.py", title="Dead letters", icon=":material/report:"),
     ]
     page = st.navigation(pages)
     with st.sidebar:

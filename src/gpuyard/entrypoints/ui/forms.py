@@ -40,9 +40,10 @@ class Submission:
     workdir: str | None
     env: dict[str, str] = field(default_factory=dict)
     time_limit_s: int | None = None
+    retry_on: tuple[str, ...] = ()
 
     def kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "gpus": self.gpus,
             "priority": self.priority,
             "name": self.name,
@@ -50,6 +51,9 @@ class Submission:
             "env": self.env,
             "time_limit_s": self.time_limit_s,
         }
+        if self.retry_on:
+            kwargs["retry_on"] = self.retry_on
+        return kwargs
 
 
 def parse_command(text: str) -> str | list[str]:
@@ -149,8 +153,9 @@ def parse_submission(
     return submission, []
 
 
-def requeue_submission(job: Mapping[str, Any]) -> Submission:
-    """A finished job's spec, to submit again as a new job."""
+def copy_submission(job: Mapping[str, Any]) -> Submission:
+    """A finished job's spec, to submit again as a new job: the failures it asked to retry go with it; its
+    budget of attempts is the default again (a requeued job's `max_attempts` counts its past attempts)."""
     return Submission(
         command=list(job["command"]),
         gpus=int(job["gpus"]),
@@ -159,4 +164,5 @@ def requeue_submission(job: Mapping[str, Any]) -> Submission:
         workdir=job.get("workdir"),
         env=dict(job.get("env") or {}),
         time_limit_s=job.get("time_limit_s"),
+        retry_on=tuple(job.get("retry_on") or ()),
     )

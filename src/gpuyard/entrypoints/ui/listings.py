@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpuyard.entrypoints.cli import format as fmt
-from gpuyard.entrypoints.ui.views import STATE_WORDS, Job, ago, parse_time
+from gpuyard.entrypoints.ui.views import STATE_WORDS, Job, ago, parse_time, when
 
 # GPUs
 
 
-def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, Any]]:
+def gpu_rows(
+    gpus: Iterable[Mapping[str, Any]], *, me: str, idle: Mapping[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per GPU; `idle` (job id -> idle since, see idle_jobs) marks the jobs flagged idle."""
+    idle = idle or {}
     rows = []
     for g in gpus:
         if g.get("job_id"):
@@ -33,6 +37,7 @@ def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, An
                 "GPU": g["index"],
                 "model": g["name"],
                 "job": holder,
+                "idle since": when(idle[g["job_id"]]) if g.get("job_id") in idle else "",
                 "util %": g.get("utilization_pct"),
                 "memory": (g.get("memory_used_mib") or 0) / total if total else None,
                 "memory MiB": f"{g.get('memory_used_mib', 0)} / {total}",
@@ -40,6 +45,34 @@ def gpu_rows(gpus: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[str, An
             }
         )
     return rows
+
+
+def idle_jobs(jobs: Iterable[Job]) -> dict[int, str]:
+    """The running jobs flagged for holding GPUs they do not use: job id -> since when (ISO)."""
+    return {
+        int(j["id"]): str(j["gpu_usage"]["idle_since"])
+        for j in jobs
+        if (j.get("gpu_usage") or {}).get("idle_since")
+    }
+
+
+def idle_notes(gpus: Iterable[Mapping[str, Any]], idle: Mapping[int, str], *, me: str) -> list[str]:
+    """One sentence per job flagged idle: which GPUs it holds unused, since when, and what to do."""
+    held: dict[int, list[Mapping[str, Any]]] = {}
+    for g in gpus:
+        if g.get("job_id") in idle:
+            held.setdefault(int(g["job_id"]), []).append(g)
+    notes = []
+    for job_id, its in sorted(held.items()):
+        first = its[0]
+        owner = "you" if first["job_user"] == me else first["job_user"]
+        word, them = ("GPU", "it") if len(its) == 1 else ("GPUs", "them")
+        where = f"{first['node']} {word} {', '.join(str(g['index']) for g in its)}"
+        notes.append(
+            f"Job {job_id} · {first['job_name']} ({owner}) holds {where} but has not used {them} since "
+            f"{when(idle[job_id])}. If it no longer needs {them}, cancel it: others could use {them}."
+        )
+    return notes
 
 
 def node_notes(nodes: Iterable[Mapping[str, Any]], *, now: datetime) -> list[str]:
@@ -82,7 +115,9 @@ def history_rows(jobs: Iterable[Job], *, me: str) -> list[dict[str, Any]]:
                 "state": STATE_WORDS.get(j["state"], j["state"]),
                 "exit": j.get("exit_code"),
                 "failure": j.get("failure_class") or "",
-                "attempts": j.get("attempt"),
+                "attempts": f"{j.get('attempt')} of {j['max_attempts']}"
+                if j.get("max_attempts")
+                else j.get("attempt"),
                 "GPUs": j["gpus"],
                 "submitted": fmt.clock(j.get("submitted_at")),
                 "duration": fmt.duration(_run_seconds(j)),
@@ -110,6 +145,38 @@ def attempt_rows(attempts: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         }
         for a in attempts
     ]
+
+
+def attempts_text(job: Job, *, now: datetime) -> str:
+    """Its attempts, what is retried, and when a job waiting out its backoff tries again: 'Attempt 2 of 3.
+    Retried after: a lost machine, exit_nonzero. Attempt 3 starts no earlier than 14:05:10 (in 8s).'"""
+    attempt, most = job.get("attempt") or 0, job.get("max_attempts")
+    of = f" of {most}" if most else ""
+    sentences = [f"Attempt {attempt}{of}." if attempt else f"No attempt yet ({most} allowed)."]
+    asked = ", ".join(job.get("retry_on") or [])
+    sentences.append(f"Retried after: a lost machine{', ' + asked if asked else ''}.")
+    retry_at = parse_time(job.get("retry_at"))
+    if job.get("state") == "queued" and retry_at is not None and retry_at > now:
+        after = f" after {job['failure_class']}" if job.get("failure_class") else ""
+        sentences.append(
+            f"Waiting out its backoff{after}: attempt {attempt + 1}{of} starts no earlier than "
+            f"{fmt.clock(retry_at.isoformat())} (in {fmt.about((retry_at - now).total_seconds())})."
+        )
+    return " ".join(sentences)
+
+
+def may_requeue(job: Job) -> bool:
+    """A failed or timed-out job goes back in line as itself (POST /jobs/{id}/requeue); others are run
+    again as a copy."""
+    return job.get("state") in ("failed", "timed_out")
+
+
+def requeued_text(job: Job) -> str:
+    """What requeueing a job did, from the API's answer (the job, back in line)."""
+    return (
+        f"Job {job['id']} ({job['name']}) is back in line, with a fresh budget of attempts: attempt "
+        f"{job['attempt'] + 1} of {job['max_attempts']} comes next. The Queue page shows where it stands."
+    )
 
 
 def day_bounds(first: Any, last: Any) -> tuple[datetime | None, datetime | None]:

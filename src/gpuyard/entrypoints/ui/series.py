@@ -1,18 +1,18 @@
-"""What the UI keeps between refreshes: a job's log tail, and the series it has seen (metrics over steps,
-GPU load over time).
+"""The series the pages draw, shaped from what the API serves, and a job's log tail kept between refreshes.
 
-The API serves the latest progress, metrics and GPU samples only, so these series are what this browser
-session has observed since the page was opened. When the API serves whole series, a source of the same
-shape replaces `observe` and the pages stay as they are.
+The API keeps the series (a job's reported metrics and GPU usage: GET /jobs/{id}/series; every GPU's load:
+GET /gpus/usage), so a page draws a job's whole run, or the last hour, however long it has been open. This
+module turns those answers into chart rows: one point per step, clock times, percent of a GPU's memory,
+and few enough points to draw quickly.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 LogReader = Callable[[int], Mapping[str, Any]]  # offset -> the body of GET /jobs/{id}/logs
 
@@ -105,64 +105,111 @@ def read_all(read: LogReader, *, max_bytes: int = 16 * 1024 * 1024) -> tuple[str
             return "".join(chunks), False
 
 
-@dataclass
-class MetricSeries:
-    """A job's reported metrics by step, as observed: one point per new step."""
-
-    max_points: int = 2000
-    points: list[dict[str, float]] = field(default_factory=list)
-    last_step: float | None = None
-
-    def observe(self, job: Mapping[str, Any]) -> None:
-        step, metrics = job.get("progress_step"), job.get("metrics") or {}
-        numbers = {
-            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        if step is None or not numbers or step == self.last_step:
-            return
-        if self.last_step is not None and step < self.last_step:  # a new attempt starts over
-            self.points.clear()
-        self.last_step = step
-        self.points.append({"step": float(step), **numbers})
-        del self.points[: -self.max_points]
-
-    def names(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for point in self.points:
-            seen.update(dict.fromkeys(k for k in point if k != "step"))
-        return list(seen)
+Point = Mapping[str, Any]  # one point of an API series: {"at": ISO time, ...}
 
 
-@dataclass
-class GpuSamples:
-    """Utilization and memory of every GPU over the last `window`, as observed by this page."""
+def metric_points(
+    series: Mapping[str, Any], *, job: Mapping[str, Any] | None = None, max_points: int = 2000
+) -> list[dict[str, float]]:
+    """A job's reported metrics by step, from its series (GET /jobs/{id}/series): one point per step (the
+    last report of a step wins), numbers only. `job`, the job itself, adds its latest report, which the
+    series may not have kept yet (it keeps one point per GPUYARD_PROGRESS_POINT_S), when both are of the
+    same attempt."""
+    reports = list(series.get("progress") or [])
+    if job is not None and job.get("attempt") == series.get("attempt"):
+        reports.append(_as_point(job))
+    by_step: dict[float, dict[str, float]] = {}
+    for report in reports:
+        step, numbers = _number(report.get("step")), _numbers(report.get("metrics"))
+        if step is not None and numbers:
+            by_step[step] = {"step": step, **numbers}
+    return _thin([by_step[s] for s in sorted(by_step)], max_points)
 
-    window: timedelta = timedelta(hours=1)
-    samples: dict[str, deque[tuple[datetime, float | None, float | None]]] = field(default_factory=dict)
 
-    def observe(self, gpus: Any, *, now: datetime) -> None:
-        for g in gpus:
-            key = f"{g['node']}:{g['index']}"
-            total = g.get("memory_total_mib") or 0
-            memory_pct = 100.0 * (g.get("memory_used_mib") or 0) / total if total else None
-            series = self.samples.setdefault(key, deque())
-            series.append((now, g.get("utilization_pct"), memory_pct))
-            while series and series[0][0] < now - self.window:
-                series.popleft()
+def _as_point(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {"step": job.get("progress_step"), "metrics": job.get("metrics")}
 
-    def rows(self, metric: str, *, max_points: int = 360) -> list[dict[str, Any]]:
-        """Long-form rows (time, GPU, value) of `utilization` or `memory`, for a line chart: at most
-        `max_points` per GPU (every n-th sample), so an hour of samples stays light to draw."""
-        column = 1 if metric == "utilization" else 2
-        rows: list[dict[str, Any]] = []
-        for key, series in self.samples.items():
-            samples = [s for s in series if s[column] is not None]
-            step = -(-len(samples) // max_points) if samples else 1
-            picked = samples[::-1][::step][::-1]  # the newest sample is always drawn
-            rows.extend({"time": s[0], "GPU": key, "percent": s[column]} for s in picked)
-        return rows
 
-    def span(self) -> timedelta:
-        starts = [s[0][0] for s in self.samples.values() if s]
-        ends = [s[-1][0] for s in self.samples.values() if s]
-        return max(ends) - min(starts) if starts else timedelta(0)
+def _numbers(metrics: Any) -> dict[str, float]:
+    if not isinstance(metrics, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in metrics.items() if _number(v) is not None}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def metric_names(points: Iterable[Mapping[str, float]]) -> list[str]:
+    """The metrics of a series, in the order they first appear."""
+    seen: dict[str, None] = {}
+    for point in points:
+        seen.update(dict.fromkeys(k for k in point if k != "step"))
+    return list(seen)
+
+
+def job_usage_rows(series: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A job's GPU usage over time, from its series: clock time, utilization (percent, the mean over its
+    GPUs) and memory (MiB its processes hold, summed over its GPUs), one row per usage bucket."""
+    rows = []
+    for p in series.get("gpu") or []:
+        at = _time(p.get("at"))
+        if at is not None:
+            rows.append(
+                {"time": at, "utilization": p.get("utilization_pct"), "memory": p.get("memory_used_mib")}
+            )
+    return rows
+
+
+def gpu_usage_rows(
+    payload: Mapping[str, Any],
+    metric: str,
+    *,
+    memory_total_mib: Mapping[tuple[str, int], float],
+    max_points: int = 360,
+) -> list[dict[str, Any]]:
+    """Long-form rows (time, GPU, percent) of every GPU's `utilization` or `memory` (percent of the GPU's
+    memory, from `memory_total_mib` by (node, index)), from GET /gpus/usage: at most `max_points` per
+    GPU (every n-th point, the newest always drawn), so an hour stays light to draw."""
+    rows: list[dict[str, Any]] = []
+    for gpu in payload.get("gpus") or []:
+        key = (str(gpu["node"]), int(gpu["index"]))
+        total = memory_total_mib.get(key) or 0
+        if metric == "memory" and not total:
+            continue  # a GPU that no node reports any more: its size is not known
+        values = []
+        for p in gpu.get("points") or []:
+            at = _time(p.get("at"))
+            value = p.get("utilization_pct") if metric == "utilization" else p.get("memory_used_mib")
+            if at is None or value is None:
+                continue
+            values.append((at, float(value) if metric == "utilization" else 100.0 * value / total))
+        label = f"{key[0]}:{key[1]}"
+        rows.extend({"time": at, "GPU": label, "percent": value} for at, value in _thin(values, max_points))
+    return rows
+
+
+def usage_span(payload: Mapping[str, Any]) -> timedelta:
+    """How much time the GPU series cover, from the oldest point to the newest."""
+    times = [t for g in payload.get("gpus") or [] for p in g.get("points") or [] if (t := _time(p.get("at")))]
+    return max(times) - min(times) if times else timedelta(0)
+
+
+T = TypeVar("T")
+
+
+def _thin(items: list[T], max_points: int) -> list[T]:
+    """Every n-th item, counted from the newest, so that at most `max_points` remain and the newest is one."""
+    if len(items) <= max_points:
+        return items
+    step = -(-len(items) // max_points)
+    return items[::-1][::step][::-1]
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not value:
+        return None
+    at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)

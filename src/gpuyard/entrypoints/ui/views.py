@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,7 +95,9 @@ def wait_text(wait: Mapping[str, Any]) -> str:
     if wait.get("estimated_start_at"):
         early, late = wait.get("estimated_start_earliest_at"), wait.get("estimated_start_latest_at")
         between = f"between {when(early)} and {when(late)}" if band_text(wait) else ""
-        source = fmt.SOURCE_WORDS.get(wait.get("source") or "")
+        # A job waiting out its backoff starts at its retry time, whatever the runtimes say.
+        backoff = wait.get("reason") == "retry_backoff"
+        source = "" if backoff else fmt.SOURCE_WORDS.get(wait.get("source") or "")
         detail = "; ".join(d for d in (between, source) if d)
         start = when(wait["estimated_start_at"])
         detail = f" ({detail})" if detail else ""
@@ -148,13 +149,22 @@ def queue_rows(entries: Iterable[Mapping[str, Any]], *, me: str) -> list[dict[st
                 "owner": f"{q['user']} (you)" if q["user"] == me else q["user"],
                 "name": q["name"],
                 "GPUs": q["gpus"],
-                "priority": f"{q['priority']}, held" if q.get("held") else q["priority"],
+                "priority": _priority(q),
                 "est. start": start + (f" ({band})" if band else ""),
                 "wait": fmt.about(q.get("estimated_wait_s")),
                 "why": "held: release it to let it start" if q.get("held") else q["reason_text"],
             }
         )
     return rows
+
+
+def _priority(entry: Mapping[str, Any]) -> str:
+    """Its priority, and whether it is held or waiting out a backoff after a failed attempt."""
+    if entry.get("held"):
+        return f"{entry['priority']}, held"
+    if entry.get("reason") == "retry_backoff":
+        return f"{entry['priority']}, retrying"
+    return str(entry["priority"])
 
 
 def band_text(wait: Mapping[str, Any]) -> str:
@@ -190,88 +200,6 @@ def job_choice(item: Mapping[str, Any]) -> str:
     """How a job reads in a pick list."""
     place = f", {place_text(item['position'])}" if item.get("position") else ""
     return f"{item['id']} · {item['name']} ({item['user']}{place})"
-
-
-# running
-
-
-@dataclass(frozen=True)
-class RunningView:
-    job_id: int
-    title: str
-    owner: str
-    gpus: str
-    elapsed: str
-    progress: float | None
-    progress_text: str
-    ends: str
-    metrics: dict[str, Any]
-
-
-def estimated_end(job: Job, *, now: datetime) -> tuple[datetime | None, str]:
-    """When a running job should end, and from what: its progress rate, else its time limit."""
-    started = parse_time(job.get("started_at"))
-    if started is None:
-        return None, ""
-    limit_end = started + timedelta(seconds=job["time_limit_s"]) if job.get("time_limit_s") else None
-    p = job.get("progress")
-    elapsed_s = max((now - started).total_seconds(), 0.0)
-    if p is not None and 0 < p <= 1 and elapsed_s > 0:
-        end = started + timedelta(seconds=elapsed_s / p)
-        if limit_end is not None and end > limit_end:
-            return limit_end, "time limit (its progress rate would run past it)"
-        return end, "progress"
-    if limit_end is not None:
-        return limit_end, "time limit"
-    return None, ""
-
-
-def running_view(job: Job, *, now: datetime) -> RunningView:
-    started = parse_time(job.get("started_at"))
-    p = job.get("progress")
-    step, total = job.get("progress_step"), job.get("progress_total")
-    if p is not None:
-        progress_text = f"{p:.0%}" + (f" (step {_num(step)} of {_num(total)})" if total else "")
-    elif job["state"] == "dispatched":
-        progress_text = "starting"
-    else:
-        progress_text = "no progress reported (the job can call gpuyard.report(step=, total=))"
-    end, source = estimated_end(job, now=now)
-    if end is None:
-        ends = "unknown: no progress reported and no time limit"
-    else:
-        left_s = max((end - now).total_seconds(), 0.0)
-        ends = f"{when(end.isoformat(), now=now)} (in {fmt.about(left_s)}; from {source})"
-    return RunningView(
-        job_id=int(job["id"]),
-        title=f"Job {job['id']} · {job['name']}",
-        owner=str(job["user"]),
-        gpus=gpus_text(job),
-        elapsed=fmt.duration((now - started).total_seconds()) if started else "-",
-        progress=p,
-        progress_text=progress_text,
-        ends=ends,
-        metrics=dict(job.get("metrics") or {}),
-    )
-
-
-def _num(value: Any) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def others_running(gpus: Iterable[Mapping[str, Any]], *, shown: set[int]) -> list[dict[str, Any]]:
-    """Running jobs not listed already (other people's), from who holds which GPU."""
-    by_job: dict[int, dict[str, Any]] = {}
-    for g in gpus:
-        job_id = g.get("job_id")
-        if job_id is None or job_id in shown:
-            continue
-        row = by_job.setdefault(
-            job_id,
-            {"job": job_id, "owner": g["job_user"], "name": g["job_name"], "node": g["node"], "GPUs": ""},
-        )
-        row["GPUs"] = f"{row['GPUs']}, {g['index']}" if row["GPUs"] else str(g["index"])
-    return [by_job[k] for k in sorted(by_job)]
 
 
 def utc_now() -> datetime:

@@ -1,23 +1,24 @@
-"""GPUs: every GPU of every node: the job holding it, load and memory now and lately, outside processes."""
+"""GPUs: every GPU of every node: the job holding it (flagged when idle), load and memory now and over
+the last hour, outside processes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
 import streamlit as st
 
 from gpuyard.entrypoints.cli import format as fmt
 from gpuyard.entrypoints.ui import listings, session, views
-from gpuyard.entrypoints.ui.series import GpuSamples
-from gpuyard.entrypoints.ui.widgets import live
+from gpuyard.entrypoints.ui.series import gpu_usage_rows, usage_span
+from gpuyard.entrypoints.ui.widgets import clock_chart, live
 
-SAMPLES = "gpus.samples"
+WINDOW_MINUTES = 60
 COLUMNS = {
     "GPU": st.column_config.NumberColumn("GPU", width="small"),
     "util %": st.column_config.ProgressColumn("utilization", min_value=0, max_value=100, format="%d%%"),
     "memory": st.column_config.ProgressColumn("memory", min_value=0.0, max_value=1.0, format="percent"),
     "job": st.column_config.TextColumn("held by", width="medium"),
+    "idle since": st.column_config.TextColumn("idle since", width="small", help="Its job is flagged idle"),
 }
 
 
@@ -37,39 +38,49 @@ def _gpus() -> None:
         st.warning(note, icon=":material/cloud_off:")
     if not data["gpus"]:
         return
-    st.dataframe(
-        listings.gpu_rows(data["gpus"], me=session.my_name()), hide_index=True, column_config=COLUMNS
+    me = session.my_name()
+    idle = _idle()
+    for note in listings.idle_notes(data["gpus"], idle, me=me):
+        st.warning(note, icon=":material/warning:")
+    st.dataframe(listings.gpu_rows(data["gpus"], me=me, idle=idle), hide_index=True, column_config=COLUMNS)
+    if not session.is_admin():
+        st.caption("Idle flags show on your own jobs; an admin sees everyone's.")
+    _last_hour(data["gpus"])
+
+
+def _idle() -> dict[int, str]:
+    """The running jobs flagged idle on their GPUs (for a user: their own, which is what the API lists)."""
+    page = session.call(
+        lambda c: c.jobs(states=views.RUNNING_STATES, limit=500), what="load which running jobs are idle"
     )
-    samples: GpuSamples = st.session_state.setdefault(SAMPLES, GpuSamples())
-    samples.observe(data["gpus"], now=now)
-    span = fmt.duration(samples.span().total_seconds())
+    return listings.idle_jobs(page["data"]) if page is not None else {}
+
+
+def _last_hour(gpus: list[dict[str, Any]]) -> None:
+    """Every GPU's utilization and memory over the last hour, from the API's series."""
     st.subheader("Over the last hour")
-    st.caption(f"What this page has seen since it was opened ({span} so far, up to an hour).")
-    if samples.span().total_seconds() < 1:
-        st.caption("The charts fill in as the page refreshes.")
+    usage = session.call(lambda c: c.gpu_usage(minutes=WINDOW_MINUTES), what="load the GPUs' last hour")
+    if usage is None:
         return
-    load, memory = st.columns(2)
+    span = usage_span(usage)
+    totals = {(g["node"], g["index"]): g["memory_total_mib"] for g in gpus}
+    utilization = gpu_usage_rows(usage, "utilization", memory_total_mib=totals)
+    memory = gpu_usage_rows(usage, "memory", memory_total_mib=totals)
+    covered = fmt.duration(span.total_seconds())
+    st.caption(
+        "From the worker's samples, one point per GPU every GPUYARD_USAGE_BUCKET_S (30 s by default): "
+        f"{covered} so far, up to an hour."
+    )
+    if span.total_seconds() < 1:
+        st.caption("The charts appear once each GPU has two points.")
+        return
+    load, used = st.columns(2)
     with load:
         st.markdown("**Utilization %**")
-        st.altair_chart(_chart(samples.rows("utilization")))
-    with memory:
+        st.altair_chart(clock_chart(utilization, y="percent", color="GPU", percent=True))
+    with used:
         st.markdown("**Memory used %**")
-        st.altair_chart(_chart(samples.rows("memory")))
-
-
-def _chart(rows: list[dict[str, Any]]) -> alt.Chart:
-    """Percent over clock time, one line a GPU."""
-    values = [{**row, "time": row["time"].isoformat()} for row in rows]
-    chart: alt.Chart = (
-        alt.Chart(alt.InlineData(values=values), height=240)
-        .mark_line()
-        .encode(
-            x=alt.X("time:T", title=None, axis=alt.Axis(format="%H:%M:%S")),
-            y=alt.Y("percent:Q", title=None, scale=alt.Scale(domain=[0, 100])),
-            color=alt.Color("GPU:N"),
-        )
-    )
-    return chart
+        st.altair_chart(clock_chart(memory, y="percent", color="GPU", percent=True))
 
 
 if __name__ == "__main__":

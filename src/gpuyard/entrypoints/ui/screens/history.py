@@ -1,4 +1,5 @@
-"""History: finished jobs, filtered and paged on the server; one job's attempts and full output; requeue."""
+"""History: finished jobs, filtered and paged on the server; one job's attempts and full output; requeue a
+failed or timed-out job, or run another one again as a copy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import streamlit as st
 
 from gpuyard.client import Client
 from gpuyard.entrypoints.ui import listings, session, views
-from gpuyard.entrypoints.ui.forms import requeue_submission
+from gpuyard.entrypoints.ui.forms import copy_submission
 from gpuyard.entrypoints.ui.series import read_all
 from gpuyard.entrypoints.ui.widgets import live
 
@@ -21,7 +22,7 @@ LOGS = "history.logs"
 COLUMNS = {
     "job": st.column_config.NumberColumn("job", width="small", format="%d"),
     "exit": st.column_config.NumberColumn("exit", width="small"),
-    "attempts": st.column_config.NumberColumn("attempts", width="small"),
+    "attempts": st.column_config.TextColumn("attempts", width="small"),
 }
 
 
@@ -120,13 +121,23 @@ def _details() -> None:
     if job is None:
         return
     _summary(job)
-    st.button(
-        "Requeue (submit it again as a new job)",
-        key="history.requeue",
-        icon=":material/replay:",
-        on_click=_requeue,
-        args=(job,),
-    )
+    if listings.may_requeue(job):
+        st.button(
+            "Requeue",
+            key="history.requeue",
+            icon=":material/replay:",
+            help="The same job goes back in line, with a fresh budget of attempts.",
+            on_click=_requeue,
+            args=(job["id"],),
+        )
+    elif job["state"] in views.FINAL_STATES:
+        st.button(
+            "Run again (submit a copy as a new job)",
+            key="history.run_again",
+            icon=":material/content_copy:",
+            on_click=_run_again,
+            args=(job,),
+        )
     _output(job)
 
 
@@ -139,24 +150,35 @@ def _summary(job: dict[str, Any]) -> None:
         f"{job['gpus']} GPU(s) · priority {job['priority']} · time limit {limit} · "
         f"failure class {job['failure_class'] or '-'} · folder {job['workdir'] or '-'}"
     )
+    st.caption(listings.attempts_text(job, now=views.utc_now()))
     if job.get("error"):
         st.warning(job["error"])
     if job.get("attempts"):
         st.dataframe(listings.attempt_rows(job["attempts"]), hide_index=True)
 
 
-def _requeue(job: dict[str, Any]) -> None:
-    submission = requeue_submission(job)
+def _requeue(job_id: int) -> None:
+    answer: dict[str, Any] = {}
+
+    def send(c: Client) -> None:
+        answer.update(c.requeue(job_id))
+
+    if session.run_action(send, what=f"requeue job {job_id}"):
+        st.session_state[session.NOTICE] = ("success", listings.requeued_text(answer))
+
+
+def _run_again(job: dict[str, Any]) -> None:
+    submission = copy_submission(job)
     new: dict[str, Any] = {}
 
     def submit(c: Client) -> None:
         new.update(c.submit(submission.command, **submission.kwargs()))
 
-    if session.run_action(submit, what=f"requeue job {job['id']}"):
+    if session.run_action(submit, what=f"run job {job['id']} again"):
         stands = views.wait_text(new) if new["state"] == "queued" else "It is starting now."
         st.session_state[session.NOTICE] = (
             "success",
-            f"Job {job['id']} requeued as job {new['id']}. {stands}",
+            f"Job {job['id']} runs again as job {new['id']}. {stands}",
         )
 
 

@@ -77,6 +77,8 @@ def test_a_busy_job_and_an_idle_one_are_measured_notified_and_counted(stack: Sta
             what="the sleeping job to be flagged idle",
         )
         assert flagged["state"] == "running"
+        held = [g for g in admin.gpus()["gpus"] if g["job_id"] == idle["id"]]
+        assert len(held) == 2 and all(g["job_idle_since"] for g in held)  # everyone sees the flag
         for job_id in (busy["id"], idle["id"]):
             stack.wait_state(job_id, "succeeded")
 

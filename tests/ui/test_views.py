@@ -379,18 +379,15 @@ def test_gpu_rows_summary_and_others() -> None:
 
 def test_gpus_of_a_job_flagged_idle() -> None:
     since = iso(NOW - timedelta(minutes=5))
-    running = [
-        job(id=9, gpu_usage={"idle_since": since}),
-        job(id=10, gpu_usage={"idle_since": None}),
-        job(id=11, gpu_usage=None),
-    ]
-    idle = listings.idle_jobs(running)
-    assert idle == {9: since}
     gpus = [
-        gpu(0, job_id=9, job_user="bob", job_name="big"),
-        gpu(1, job_id=9, job_user="bob", job_name="big"),
-        gpu(2, job_id=10, job_user="alice", job_name="busy"),
+        gpu(0, job_id=9, job_user="bob", job_name="big", job_idle_since=since),
+        gpu(1, job_id=9, job_user="bob", job_name="big", job_idle_since=since),
+        gpu(2, job_id=10, job_user="alice", job_name="busy", job_idle_since=None),
+        gpu(3),
     ]
+    idle = listings.idle_from_gpus(gpus)
+    assert idle == {9: since}
+    gpus = gpus[:3]
     rows = listings.gpu_rows(gpus, me="alice", idle=idle)
     at = views.when(since)
     assert [r["idle since"] for r in rows] == [at, at, ""]

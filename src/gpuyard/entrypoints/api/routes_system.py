@@ -57,6 +57,7 @@ async def gpus(_user: CurrentUser, controller: ControllerDep) -> GpusPublic:
                     job_id=holder["id"] if holder else None,
                     job_user=holder["user"] if holder else None,
                     job_name=holder["name"] if holder else None,
+                    job_idle_since=holder.get("gpu_idle_since") if holder else None,
                     outside_processes=[GpuProcessPublic(**p) for p in gpu.get("outside", [])],
                     node_online=online,
                     links=gpu.get("links", []),

@@ -201,6 +201,9 @@ class GpuPublic(BaseModel):
     job_id: int | None
     job_user: str | None
     job_name: str | None
+    job_idle_since: datetime | None = Field(
+        None, description="Set while the job holding it is flagged for not using its GPUs: since when."
+    )
     outside_processes: list[GpuProcessPublic]
     node_online: bool
     links: list[int] = Field(default_factory=list, description="GPUs of this node joined to it by NVLink.")

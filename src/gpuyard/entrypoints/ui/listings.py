@@ -47,12 +47,12 @@ def gpu_rows(
     return rows
 
 
-def idle_jobs(jobs: Iterable[Job]) -> dict[int, str]:
-    """The running jobs flagged for holding GPUs they do not use: job id -> since when (ISO)."""
+def idle_from_gpus(gpus: Iterable[Mapping[str, Any]]) -> dict[int, str]:
+    """The jobs flagged idle on the GPUs they hold, as `/gpus` reports them to everyone: id -> since when."""
     return {
-        int(j["id"]): str(j["gpu_usage"]["idle_since"])
-        for j in jobs
-        if (j.get("gpu_usage") or {}).get("idle_since")
+        int(g["job_id"]): str(g["job_idle_since"])
+        for g in gpus
+        if g.get("job_id") and g.get("job_idle_since")
     }
 
 

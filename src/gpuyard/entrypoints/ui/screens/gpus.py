@@ -39,21 +39,11 @@ def _gpus() -> None:
     if not data["gpus"]:
         return
     me = session.my_name()
-    idle = _idle()
+    idle = listings.idle_from_gpus(data["gpus"])
     for note in listings.idle_notes(data["gpus"], idle, me=me):
         st.warning(note, icon=":material/warning:")
     st.dataframe(listings.gpu_rows(data["gpus"], me=me, idle=idle), hide_index=True, column_config=COLUMNS)
-    if not session.is_admin():
-        st.caption("Idle flags show on your own jobs; an admin sees everyone's.")
     _last_hour(data["gpus"])
-
-
-def _idle() -> dict[int, str]:
-    """The running jobs flagged idle on their GPUs (for a user: their own, which is what the API lists)."""
-    page = session.call(
-        lambda c: c.jobs(states=views.RUNNING_STATES, limit=500), what="load which running jobs are idle"
-    )
-    return listings.idle_jobs(page["data"]) if page is not None else {}
 
 
 def _last_hour(gpus: list[dict[str, Any]]) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from gpuyard.adapters.broker.messages import (
     GpuSample,
     Heartbeat,
     JobUsage,
+    Outcome,
     node_message,
 )
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
@@ -45,6 +47,7 @@ class Worker:
         self.running: dict[tuple[int, int], Attempt] = {}
         self._ended: dict[tuple[int, int], None] = {}
         self._cancelled_early: set[tuple[int, int]] = set()
+        self._starting: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._launch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -155,9 +158,7 @@ class Worker:
             self._mark_fake_load(pid, attempt.dispatch.gpu_indices)
             log.info("job %s attempt %s: resumed (pid %s)", *attempt.key, pid)
             await attempt.started_event(pid)
-            task = asyncio.create_task(self._supervise(attempt, pid))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._supervise(attempt, pid))
 
     async def handle(self, body: dict[str, Any]) -> None:
         message = node_message.validate_python(body)
@@ -168,34 +169,40 @@ class Worker:
 
     async def _dispatch(self, d: Dispatch) -> None:
         key = (d.job_id, d.attempt)
-        if key in self.running or key in self._ended:
+        if key in self.running or key in self._ended or key in self._starting:
             log.info("job %s attempt %s: duplicate dispatch ignored", *key)
             return
         attempt = self._attempt(d)
         if attempt.state_dir.exists():  # started by an earlier worker: resumed or reported, never twice
             log.info("job %s attempt %s: started before, duplicate dispatch ignored", *key)
             return
+        self._starting.add(key)  # before any await: a second delivery of it (republished) is a duplicate
+        # A consumer's handler is cancelled when its channel closes (a dropped connection, a broker
+        # restart). The start runs in a task of its own, so that a job is never launched and then left
+        # unwatched: the dispatch is acked once `started` is confirmed, and a redelivery is a duplicate.
+        await asyncio.shield(self._spawn(self._start(attempt)))
+
+    async def _start(self, attempt: Attempt) -> None:
+        try:
+            await self._launch(attempt)
+        finally:
+            self._starting.discard(attempt.key)
+
+    async def _launch(self, attempt: Attempt) -> None:
+        """Start the attempt unless it may not (draining, cancelled, GPUs taken), report its start (through
+        a broker outage), then follow it."""
+        d, key = attempt.dispatch, attempt.key
         if self.draining:
-            await attempt.finish(
-                "failed", FailureClass.GPU_UNAVAILABLE.value, detail=f"node {self.node} is draining"
-            )
-            self._end(key)
+            await self._refuse(attempt, FailureClass.GPU_UNAVAILABLE, f"node {self.node} is draining")
             return
         if key in self._cancelled_early:
-            await attempt.finish(
-                "cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started"
-            )
-            self._end(key)
+            await self._refuse(attempt, FailureClass.CANCELLED, "cancelled before it started")
             return
         async with self._launch_lock:  # one GPU check + launch at a time: never two jobs on one GPU
             busy = await asyncio.to_thread(self._unavailable, d.gpu_indices)
             if busy:
-                await attempt.finish(
-                    "failed",
-                    FailureClass.GPU_UNAVAILABLE.value,
-                    detail=f"GPUs {busy} are held by processes outside gpuyard",
-                )
-                self._end(key)
+                detail = f"GPUs {busy} are held by processes outside gpuyard"
+                await self._refuse(attempt, FailureClass.GPU_UNAVAILABLE, detail)
                 return
             try:
                 pid = await attempt.launch()
@@ -215,9 +222,20 @@ class Worker:
             ",".join(map(str, d.gpu_indices)),
         )
         await attempt.started_event(pid)
-        task = asyncio.create_task(self._supervise(attempt, pid))
+        self._spawn(self._supervise(attempt, pid))
+
+    async def _refuse(self, attempt: Attempt, failure: FailureClass, detail: str) -> None:
+        """Report an attempt that was not started."""
+        outcome: Outcome = "cancelled" if failure is FailureClass.CANCELLED else "failed"
+        await attempt.finish(outcome, failure.value, detail=detail)
+        self._end(attempt.key)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of the worker's own: kept until it ends, cancelled at shutdown."""
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _supervise(self, attempt: Attempt, pid: int) -> None:
         try:

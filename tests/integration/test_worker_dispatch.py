@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def dispatch(job_id: int, seconds: float) -> dict[str, Any]:
         "argv": ["sh", "-c", f"sleep {seconds}; echo done"],
         "gpu_indices": [0],
         "gpu_uuids": ["GPU-0"],
+        "node_beat_at": datetime.now(UTC).isoformat(),  # a heartbeat of this node's current lease
     }
 
 
@@ -69,6 +71,7 @@ def worker(tmp_path: Path, events: Events) -> Worker:
     settings = Settings(data_dir=tmp_path, node_name=NODE, kill_grace_s=1, instance="t")
     agent = Worker(settings, FakeGpus(2, node=NODE))
     agent.emit = events.emit  # type: ignore[method-assign]
+    agent.lease.renew(datetime.now(UTC))  # as after its first heartbeat got through
     return agent
 
 
@@ -113,4 +116,24 @@ async def test_two_deliveries_of_one_dispatch_at_once_start_it_once(tmp_path: Pa
     await until(lambda: events.of("finished"))
     assert len(events.of("started")) == 1 and len(events.of("finished")) == 1
     assert not (state_dir_of(agent.settings.jobs_dir, 3, 1) / "stop").exists()
+    await agent.shutdown()
+
+
+async def test_a_dispatch_placed_before_the_node_s_lease_lapsed_is_not_started(tmp_path: Path) -> None:
+    """As for a worker frozen (SIGSTOP) past its lease with a dispatch in hand: the controller has given the
+    attempt to another node meanwhile, so starting it now would run the job twice at once."""
+    events = Events()
+    agent = worker(tmp_path, events)
+    body = dispatch(4, 0.3)  # names the heartbeat the controller heard last, before the lapse
+    agent.lease.renewed_at -= agent.lease.fence_s + 1  # no heartbeat got through for longer than the fence...
+    agent.lease.renew(datetime.now(UTC))  # ...until now
+    await agent.handle(body)
+    (finished,) = events.sent
+    assert finished["type"] == "finished" and finished["failure_class"] == "node_lost"
+    assert "lease lapsed" in finished["detail"] and not state_dir_of(agent.settings.jobs_dir, 4, 1).exists()
+
+    fresh = dispatch(5, 0.3)  # placed after the controller heard the node again: it starts
+    await agent.handle(fresh)
+    await until(lambda: events.of("finished")[1:])
+    assert events.of("finished")[1]["outcome"] == "succeeded"
     await agent.shutdown()

@@ -111,7 +111,7 @@ class EventService:
                 now=self._clock(),
                 draining=event.draining,
             )
-        self._scheduler.note_node(node)
+        self._scheduler.note_node(node, beat_at=event.at)
         if self._leases is not None:
             await self._leases.on_heartbeat(event)
         if self._usage is not None and await self._usage.record(event):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from gpuyard.adapters.runner.process import LaunchError
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
 from gpuyard.entrypoints.worker.attempt import Attempt, active_dir, lease_file
+from gpuyard.entrypoints.worker.lease import NodeLease
 from gpuyard.entrypoints.worker.usage import usage_by_job
 from gpuyard.settings import Settings
 
@@ -53,6 +53,11 @@ class Worker:
         self._stopping = asyncio.Event()
         self._links: dict[int, list[int]] | None = None
         self.draining = False
+        self.lease = NodeLease(
+            lease_file(settings.jobs_dir, self.node),
+            lease_s=settings.node_lease_s,
+            kill_grace_s=settings.kill_grace_s,
+        )
 
     async def emit(self, body: dict[str, Any]) -> None:
         await self.broker.publish("events", body)
@@ -66,8 +71,7 @@ class Worker:
 
         await retry_while_unavailable(connect, what="connecting to RabbitMQ")
         await self._resume_attempts()  # before any dispatch: a redelivered one must find its attempt
-        await self._heartbeat_once()
-        self._renew_lease()
+        self.lease.renew(await self._heartbeat_once())
         await self.broker.consume(
             self.broker.node_queue(self.node), self.handle, prefetch=self.settings.max_parallel_jobs
         )
@@ -125,7 +129,7 @@ class Worker:
             emit=self.emit,
             kill_grace_s=self.settings.kill_grace_s,
             tensorboard_dir=self.settings.tensorboard_logdir,
-            fence_s=self.fence_s,
+            fence_s=self.lease.fence_s,
         )
 
     async def _resume_attempts(self) -> None:
@@ -189,8 +193,8 @@ class Worker:
             self._starting.discard(attempt.key)
 
     async def _launch(self, attempt: Attempt) -> None:
-        """Start the attempt unless it may not (draining, cancelled, GPUs taken), report its start (through
-        a broker outage), then follow it."""
+        """Start the attempt unless it may not (draining, cancelled, lease lapsed, GPUs taken), report its
+        start (through a broker outage), then follow it."""
         d, key = attempt.dispatch, attempt.key
         if self.draining:
             await self._refuse(attempt, FailureClass.GPU_UNAVAILABLE, f"node {self.node} is draining")
@@ -199,6 +203,11 @@ class Worker:
             await self._refuse(attempt, FailureClass.CANCELLED, "cancelled before it started")
             return
         async with self._launch_lock:  # one GPU check + launch at a time: never two jobs on one GPU
+            stale = self.lease.refusal(d)
+            if stale is not None:
+                log.warning("job %s attempt %s not started: %s", *key, stale)
+                await self._refuse(attempt, FailureClass.NODE_LOST, f"not started on {self.node}: {stale}")
+                return
             busy = await asyncio.to_thread(self._unavailable, d.gpu_indices)
             if busy:
                 detail = f"GPUs {busy} are held by processes outside gpuyard"
@@ -319,7 +328,8 @@ class Worker:
             )
         return samples, usage_by_job(gpus, jobs)
 
-    async def _heartbeat_once(self) -> None:
+    async def _heartbeat_once(self) -> datetime:
+        """Send a heartbeat; returns its time once it got through."""
         samples, usage = await asyncio.to_thread(self._sample)
         beat = Heartbeat(
             node=self.node,
@@ -331,38 +341,20 @@ class Worker:
             at=datetime.now(UTC),
         )
         await self.emit(beat.model_dump(mode="json"))
-
-    @property
-    def fence_s(self) -> float:
-        """How long this worker may go without renewing its lease before it stops its jobs: early enough
-        that they are gone (SIGTERM, then SIGKILL after the grace) before the controller gives up on it."""
-        lease_s, grace_s = self.settings.node_lease_s, self.settings.kill_grace_s
-        return max(lease_s - grace_s - 5.0, lease_s / 2)
+        return beat.at
 
     async def _heartbeats(self) -> None:
-        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                await self._heartbeat_once()
-                renewed = time.monotonic()
-                self._renew_lease()
+                self.lease.renew(await self._heartbeat_once())
             except BrokerUnavailable as e:
                 log.warning("heartbeat not sent: %s", e)
             except Exception:
                 log.exception("heartbeat failed")
-            silent_s = time.monotonic() - renewed
-            if silent_s > self.fence_s:
+            silent_s = self.lease.silent_s()
+            if silent_s > self.lease.fence_s:
                 self._fence(silent_s)
-
-    def _renew_lease(self) -> None:
-        """Tell the supervisors the lease holds (they stop their jobs when it is older than `fence_s`)."""
-        lease = lease_file(self.settings.jobs_dir, self.node)
-        try:
-            lease.touch()
-        except FileNotFoundError:
-            lease.parent.mkdir(parents=True, exist_ok=True)
-            lease.touch()
 
     def _fence(self, silent_s: float) -> None:
         """Stop every job: the controller will soon count them lost and run them again elsewhere."""

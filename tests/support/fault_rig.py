@@ -134,17 +134,25 @@ class Rig:
 
     # the faults
 
-    def busy(self, node: str) -> dict[int, int]:
-        """The node's attempts, once it has some (a fault that should move jobs elsewhere needs jobs)."""
+    def busy(self, name: str) -> tuple[str, dict[int, int]]:
+        """A worker that runs jobs now, and its attempts: `name` if it does, else the other one (a fault
+        that is to move jobs elsewhere needs jobs). Waits a while for one; else `name`, with none."""
+        order = [name] + [n for n in self.nodes if n != name]
+
+        def found() -> tuple[str, dict[int, int]] | None:
+            return next(((n, live) for n in order if (live := self.live_on(self.nodes[n]))), None)
+
         try:
-            return wait_for(lambda: self.live_on(node), timeout_s=20, what=f"a job on {node}")
+            busy = wait_for(found, timeout_s=20, what="a worker with jobs")
         except AssertionError:
-            return {}
+            return name, {}
+        assert busy is not None
+        return busy
 
     def kill_worker(self, name: str, *, away_s: float) -> None:
         kind = "kill -9 worker, away > lease" if away_s > self.lease_s else "kill -9 worker, restart"
+        name, affected = self.busy(name) if away_s else (name, self.live_on(self.nodes[name]))
         node = self.nodes[name]
-        affected = self.busy(node) if away_s else self.live_on(node)
         fault = self.record(FaultRecord(kind, name, at=time.time()))
         self.signal(name, signal.SIGKILL)
         away_until = time.monotonic() + away_s
@@ -162,8 +170,8 @@ class Rig:
     def freeze_worker(self, name: str, *, for_s: float) -> None:
         fence_s = fence_after_s(lease_s=self.lease_s, kill_grace_s=KILL_GRACE_S)
         span = "< fence" if for_s < fence_s else "> lease" if for_s > self.lease_s else "fence..lease"
+        name, affected = self.busy(name) if for_s > fence_s else (name, self.live_on(self.nodes[name]))
         node = self.nodes[name]
-        affected = self.busy(node) if for_s > fence_s else self.live_on(node)
         fault = self.record(FaultRecord(f"SIGSTOP worker {span}", name, at=time.time()))
         self.signal(name, signal.SIGSTOP)
         time.sleep(for_s)  # the fault itself

@@ -85,3 +85,36 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
     b = RabbitmqBroker("amqp://guest:guest@127.0.0.1:1/", instance="x", connect_timeout_s=2)
     with pytest.raises(BrokerUnavailable, match="Cannot reach RabbitMQ"):
         await b.connect()
+
+
+async def test_a_lost_connection_is_not_connected_until_it_is_back(amqp_url: str) -> None:
+    """What /readyz reports: a connection that is reconnecting is not connected (it used to say it was)."""
+    from urllib.parse import urlsplit
+
+    from tests.support.tcp_proxy import TcpProxy
+
+    with TcpProxy(upstream_port=urlsplit(amqp_url).port or 5672) as proxy:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.5"
+        b = RabbitmqBroker(url, instance="t" + uuid.uuid4().hex[:10])
+        states: list[bool] = []
+        b.on_connection(states.append)
+        await b.connect()
+        try:
+            assert b.is_connected
+            assert proxy.drop_all() == 1
+            await wait_until(lambda: not b.is_connected)
+            await wait_until(lambda: b.is_connected)
+            assert states[:1] == [False] and states[-1] is True
+        finally:
+            await b.close()
+            await delete_broker_objects(amqp_url, b.instance, [])
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        if predicate():
+            return
+        assert loop.time() < deadline, f"timed out after {timeout_s} s"
+        await asyncio.sleep(0.01)

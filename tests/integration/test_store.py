@@ -115,6 +115,32 @@ async def test_transitions_are_conditional_on_state_and_attempt(db: Database) ->
     assert job is not None and job["state"] == "succeeded" and job["exit_code"] == 0
 
 
+async def test_an_attempt_is_closed_once_and_a_late_end_changes_nothing(db: Database) -> None:
+    """An attempt lost by its lease, then reported by its worker as succeeded: the record keeps node_lost,
+    on which the retry was decided."""
+    job_id = await add_job(db, await add_user(db))
+    later = NOW + timedelta(seconds=5)
+    async with db.write() as conn:
+        await jobs_repo.dispatch(conn, job_id=job_id, node="n", gpu_indices=[0], gpu_uuids=["u"], now=NOW)
+        lost = await jobs_repo.close_attempt(
+            conn, job_id=job_id, attempt=1, ended_at=NOW, failure_class="node_lost"
+        )
+        late = await jobs_repo.close_attempt(
+            conn, job_id=job_id, attempt=1, ended_at=later, exit_code=0, failure_class=None
+        )
+        nothing = await jobs_repo.close_attempt(conn, job_id=job_id, attempt=2, ended_at=later)
+    assert (lost, late, nothing) == (True, False, False)
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+        (attempt,) = await jobs_repo.get_attempts(conn, job_id)
+    assert job is not None
+    assert (
+        attempt["failure_class"] == "node_lost"
+        and attempt["ended_at"] == NOW
+        and attempt["exit_code"] is None
+    )
+
+
 async def test_log_chunks_are_idempotent_and_read_in_order(db: Database) -> None:
     job_id = await add_job(db, await add_user(db))
     chunks = [(0, b"hello "), (6, b"world\n"), (12, b"more\n")]

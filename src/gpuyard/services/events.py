@@ -112,7 +112,7 @@ class EventService:
                 now=self._clock(),
                 draining=event.draining,
             )
-        self._scheduler.note_node(node)
+        self._scheduler.note_node(node, beat_at=event.at)
         if self._leases is not None:
             await self._leases.on_heartbeat(event)
         if self._usage is not None and await self._usage.record(event):
@@ -168,7 +168,7 @@ class EventService:
             job = await jobs_repo.get_job(conn, event.job_id)
             if job is None:
                 raise ValueError(f"an end reported for job {event.job_id}, which does not exist")
-            await jobs_repo.update_attempt(
+            closed = await jobs_repo.close_attempt(
                 conn,
                 job_id=event.job_id,
                 attempt=event.attempt,
@@ -177,7 +177,15 @@ class EventService:
                 signal=event.signal,
                 failure_class=event.failure_class,
             )
-            if failure is not None and final in (JobState.FAILED, JobState.TIMED_OUT):
+            if not closed:  # reported twice, or after its lease had run out: it was dealt with then
+                state = None
+                log.info(
+                    "job %s attempt %s: its end (%s) came after the attempt was closed: ignored",
+                    event.job_id,
+                    event.attempt,
+                    event.outcome,
+                )
+            elif failure is not None and final in (JobState.FAILED, JobState.TIMED_OUT):
                 state = await self._retries.after_failure(
                     conn,
                     job_id=event.job_id,

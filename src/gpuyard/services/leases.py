@@ -129,9 +129,11 @@ class LeaseService:
     async def _lose(self, row: dict[str, object], why: str, *, now: datetime) -> None:
         job_id, attempt = int(str(row["id"])), int(str(row["attempt"]))
         async with self._db.write() as conn:
-            await jobs_repo.update_attempt(
+            closed = await jobs_repo.close_attempt(
                 conn, job_id=job_id, attempt=attempt, ended_at=now, failure_class=FailureClass.NODE_LOST.value
             )
+            if not closed:  # its end was reported since the check read it
+                return
             state = await self._retries.after_failure(
                 conn,
                 job_id=job_id,

@@ -205,6 +205,7 @@ class SchedulerService:
         self._changes = 0
         self._last_changes = -1  # the count when the last pass with estimates loaded its snapshot
         self._nodes: dict[str, dict[str, Any]] | None = None
+        self._beats: dict[str, datetime] = {}  # each node's last heartbeat heard, by its own clock
         self._outbox_lock = asyncio.Lock()
         self._wake_tasks: set[asyncio.Task[Any]] = set()
 
@@ -279,8 +280,11 @@ class SchedulerService:
             estimates.append(estimate)
         return estimates
 
-    def note_node(self, node: dict[str, Any]) -> None:
-        """A node's heartbeat was recorded (the controller writes nodes, so it can keep them in memory)."""
+    def note_node(self, node: dict[str, Any], *, beat_at: datetime | None = None) -> None:
+        """A node's heartbeat was recorded (the controller writes nodes, so it can keep them in memory).
+        `beat_at`, the heartbeat's own time, goes into the node's dispatches (see domain/lease.py)."""
+        if beat_at is not None:
+            self._beats[node["name"]] = beat_at
         if self._nodes is not None:
             self._nodes[node["name"]] = node
 
@@ -384,6 +388,7 @@ class SchedulerService:
                     gpu_indices=list(placement.gpu_indices),
                     gpu_uuids=gpu_uuids,
                     time_limit_s=job["time_limit_s"],
+                    node_beat_at=self._beats.get(placement.node),
                 )
                 key = self._publisher.node_key(placement.node)
                 message = body.model_dump(mode="json")

@@ -28,6 +28,9 @@ class Dispatch(_Message):
     gpu_indices: list[int]
     gpu_uuids: list[str]
     time_limit_s: int | None = None
+    # The node's last heartbeat the controller had heard when it placed the job (its `at`, by the node's
+    # clock): the node does not start it if its lease lapsed since (see domain/lease.py).
+    node_beat_at: datetime | None = None
 
 
 class Cancel(_Message):

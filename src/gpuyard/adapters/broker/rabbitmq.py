@@ -88,7 +88,9 @@ class RabbitmqBroker:
 
     @property
     def is_connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """Connected now: a connection that lost its broker and is reconnecting is not."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     async def connect(self) -> None:
         try:

@@ -230,6 +230,19 @@ async def update_attempt(conn: AsyncConnection, *, job_id: int, attempt: int, **
     )
 
 
+async def close_attempt(
+    conn: AsyncConnection, *, job_id: int, attempt: int, ended_at: datetime, **values: Any
+) -> bool:
+    """Record how an attempt ended, once. False when it was closed already: a late report (of an attempt
+    lost by its lease meanwhile, say) changes nothing, so the record keeps what the retry was decided on."""
+    result = await conn.execute(
+        update(attempts)
+        .where(attempts.c.job_id == job_id, attempts.c.number == attempt, attempts.c.ended_at.is_(None))
+        .values(ended_at=ended_at, **values)
+    )
+    return bool(result.rowcount)
+
+
 async def set_progress(
     conn: AsyncConnection,
     *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from gpuyard.adapters.broker.messages import (
     GpuSample,
     Heartbeat,
     JobUsage,
+    Outcome,
     node_message,
 )
 from gpuyard.adapters.broker.rabbitmq import RabbitmqBroker, retry_while_unavailable
@@ -28,6 +29,7 @@ from gpuyard.adapters.runner.process import SPARES, LaunchError
 from gpuyard.domain.errors import BrokerUnavailable
 from gpuyard.domain.jobs import FailureClass
 from gpuyard.entrypoints.worker.attempt import Attempt, active_dir, lease_file
+from gpuyard.entrypoints.worker.lease import NodeLease
 from gpuyard.entrypoints.worker.usage import usage_by_job
 from gpuyard.settings import Settings
 
@@ -45,11 +47,17 @@ class Worker:
         self.running: dict[tuple[int, int], Attempt] = {}
         self._ended: dict[tuple[int, int], None] = {}
         self._cancelled_early: set[tuple[int, int]] = set()
+        self._starting: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._launch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._links: dict[int, list[int]] | None = None
         self.draining = False
+        self.lease = NodeLease(
+            lease_file(settings.jobs_dir, self.node),
+            lease_s=settings.node_lease_s,
+            kill_grace_s=settings.kill_grace_s,
+        )
 
     async def emit(self, body: dict[str, Any]) -> None:
         await self.broker.publish("events", body)
@@ -63,8 +71,7 @@ class Worker:
 
         await retry_while_unavailable(connect, what="connecting to RabbitMQ")
         await self._resume_attempts()  # before any dispatch: a redelivered one must find its attempt
-        await self._heartbeat_once()
-        self._renew_lease()
+        self.lease.renew(await self._heartbeat_once())
         await self.broker.consume(
             self.broker.node_queue(self.node), self.handle, prefetch=self.settings.max_parallel_jobs
         )
@@ -123,7 +130,7 @@ class Worker:
             emit=self.emit,
             kill_grace_s=self.settings.kill_grace_s,
             tensorboard_dir=self.settings.tensorboard_logdir,
-            fence_s=self.fence_s,
+            fence_s=self.lease.fence_s,
         )
 
     async def _resume_attempts(self) -> None:
@@ -156,9 +163,7 @@ class Worker:
             self._mark_fake_load(pid, attempt.dispatch.gpu_indices)
             log.info("job %s attempt %s: resumed (pid %s)", *attempt.key, pid)
             await attempt.started_event(pid)
-            task = asyncio.create_task(self._supervise(attempt, pid))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._supervise(attempt, pid))
 
     async def handle(self, body: dict[str, Any]) -> None:
         message = node_message.validate_python(body)
@@ -169,34 +174,45 @@ class Worker:
 
     async def _dispatch(self, d: Dispatch) -> None:
         key = (d.job_id, d.attempt)
-        if key in self.running or key in self._ended:
+        if key in self.running or key in self._ended or key in self._starting:
             log.info("job %s attempt %s: duplicate dispatch ignored", *key)
             return
         attempt = self._attempt(d)
         if attempt.state_dir.exists():  # started by an earlier worker: resumed or reported, never twice
             log.info("job %s attempt %s: started before, duplicate dispatch ignored", *key)
             return
+        self._starting.add(key)  # before any await: a second delivery of it (republished) is a duplicate
+        # A consumer's handler is cancelled when its channel closes (a dropped connection, a broker
+        # restart). The start runs in a task of its own, so that a job is never launched and then left
+        # unwatched: the dispatch is acked once `started` is confirmed, and a redelivery is a duplicate.
+        await asyncio.shield(self._spawn(self._start(attempt)))
+
+    async def _start(self, attempt: Attempt) -> None:
+        try:
+            await self._launch(attempt)
+        finally:
+            self._starting.discard(attempt.key)
+
+    async def _launch(self, attempt: Attempt) -> None:
+        """Start the attempt unless it may not (draining, cancelled, lease lapsed, GPUs taken), report its
+        start (through a broker outage), then follow it."""
+        d, key = attempt.dispatch, attempt.key
         if self.draining:
-            await attempt.finish(
-                "failed", FailureClass.GPU_UNAVAILABLE.value, detail=f"node {self.node} is draining"
-            )
-            self._end(key)
+            await self._refuse(attempt, FailureClass.GPU_UNAVAILABLE, f"node {self.node} is draining")
             return
         if key in self._cancelled_early:
-            await attempt.finish(
-                "cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started"
-            )
-            self._end(key)
+            await self._refuse(attempt, FailureClass.CANCELLED, "cancelled before it started")
             return
         async with self._launch_lock:  # one GPU check + launch at a time: never two jobs on one GPU
+            stale = self.lease.refusal(d)
+            if stale is not None:
+                log.warning("job %s attempt %s not started: %s", *key, stale)
+                await self._refuse(attempt, FailureClass.NODE_LOST, f"not started on {self.node}: {stale}")
+                return
             busy = await asyncio.to_thread(self._unavailable, d.gpu_indices)
             if busy:
-                await attempt.finish(
-                    "failed",
-                    FailureClass.GPU_UNAVAILABLE.value,
-                    detail=f"GPUs {busy} are held by processes outside gpuyard",
-                )
-                self._end(key)
+                detail = f"GPUs {busy} are held by processes outside gpuyard"
+                await self._refuse(attempt, FailureClass.GPU_UNAVAILABLE, detail)
                 return
             try:
                 pid = await attempt.launch()
@@ -216,9 +232,20 @@ class Worker:
             ",".join(map(str, d.gpu_indices)),
         )
         await attempt.started_event(pid)
-        task = asyncio.create_task(self._supervise(attempt, pid))
+        self._spawn(self._supervise(attempt, pid))
+
+    async def _refuse(self, attempt: Attempt, failure: FailureClass, detail: str) -> None:
+        """Report an attempt that was not started."""
+        outcome: Outcome = "cancelled" if failure is FailureClass.CANCELLED else "failed"
+        await attempt.finish(outcome, failure.value, detail=detail)
+        self._end(attempt.key)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of the worker's own: kept until it ends, cancelled at shutdown."""
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _supervise(self, attempt: Attempt, pid: int) -> None:
         try:
@@ -302,7 +329,8 @@ class Worker:
             )
         return samples, usage_by_job(gpus, jobs)
 
-    async def _heartbeat_once(self) -> None:
+    async def _heartbeat_once(self) -> datetime:
+        """Send a heartbeat; returns its time once it got through."""
         samples, usage = await asyncio.to_thread(self._sample)
         beat = Heartbeat(
             node=self.node,
@@ -314,38 +342,20 @@ class Worker:
             at=datetime.now(UTC),
         )
         await self.emit(beat.model_dump(mode="json"))
-
-    @property
-    def fence_s(self) -> float:
-        """How long this worker may go without renewing its lease before it stops its jobs: early enough
-        that they are gone (SIGTERM, then SIGKILL after the grace) before the controller gives up on it."""
-        lease_s, grace_s = self.settings.node_lease_s, self.settings.kill_grace_s
-        return max(lease_s - grace_s - 5.0, lease_s / 2)
+        return beat.at
 
     async def _heartbeats(self) -> None:
-        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                await self._heartbeat_once()
-                renewed = time.monotonic()
-                self._renew_lease()
+                self.lease.renew(await self._heartbeat_once())
             except BrokerUnavailable as e:
                 log.warning("heartbeat not sent: %s", e)
             except Exception:
                 log.exception("heartbeat failed")
-            silent_s = time.monotonic() - renewed
-            if silent_s > self.fence_s:
+            silent_s = self.lease.silent_s()
+            if silent_s > self.lease.fence_s:
                 self._fence(silent_s)
-
-    def _renew_lease(self) -> None:
-        """Tell the supervisors the lease holds (they stop their jobs when it is older than `fence_s`)."""
-        lease = lease_file(self.settings.jobs_dir, self.node)
-        try:
-            lease.touch()
-        except FileNotFoundError:
-            lease.parent.mkdir(parents=True, exist_ok=True)
-            lease.touch()
 
     def _fence(self, silent_s: float) -> None:
         """Stop every job: the controller will soon count them lost and run them again elsewhere."""

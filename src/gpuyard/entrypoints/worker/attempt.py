@@ -144,12 +144,10 @@ class Attempt:
         return self.output_dir / "output.log"
 
     async def started_event(self, pid: int) -> None:
+        """Report the start; like an end, it must get through, so it is retried through a broker outage."""
         d = self.dispatch
-        await self._emit(
-            Started(
-                job_id=d.job_id, attempt=d.attempt, node=self.node, pid=pid, at=datetime.now(UTC)
-            ).model_dump(mode="json")
-        )
+        started = Started(job_id=d.job_id, attempt=d.attempt, node=self.node, pid=pid, at=datetime.now(UTC))
+        await self._emit_retrying(started.model_dump(mode="json"))
 
     async def run(self) -> None:
         """Wait for the process, streaming output and progress; then report how it ended."""

@@ -177,27 +177,11 @@ class UsageService:
         flips: list[tuple[JobKey, datetime | None]],
     ) -> None:
         if closed_gpus:
-            rows = [
-                {
-                    "node": node,
-                    "gpu_index": index,
-                    "at": b.start,
-                    "utilization_pct": round(b.util_mean, 1),
-                    "memory_used_mib": b.mem_peak,
-                }
-                for (node, index), b in closed_gpus
-            ]
+            rows = [{"node": node, "gpu_index": index, **_point(b)} for (node, index), b in closed_gpus]
             await conn.execute(insert_ignore(conn, gpu_usage), rows)
         if closed_jobs:
             rows = [
-                {
-                    "job_id": job_id,
-                    "attempt": attempt,
-                    "at": b.start,
-                    "utilization_pct": round(b.util_mean, 1),
-                    "memory_used_mib": b.mem_peak,
-                }
-                for (job_id, attempt), b in closed_jobs
+                {"job_id": job_id, "attempt": attempt, **_point(b)} for (job_id, attempt), b in closed_jobs
             ]
             await conn.execute(insert_ignore(conn, job_usage), rows)
             for key, bucket in closed_jobs:
@@ -212,6 +196,11 @@ class UsageService:
                 log.info("job %s attempt %s: its GPUs have been idle since %s", job_id, attempt, since)
                 if self._on_idle is not None:
                     await self._on_idle(conn, job_id, attempt, since)
+
+
+def _point(b: Bucket) -> dict[str, object]:
+    """A closed bucket as a point of a series: its start, mean utilization and peak memory."""
+    return {"at": b.start, "utilization_pct": round(b.util_mean, 1), "memory_used_mib": b.mem_peak}
 
 
 async def _add_to_job_stats(conn: AsyncConnection, key: JobKey, b: Bucket) -> None:

@@ -123,15 +123,17 @@ class Worker:
         self.gpus.close()
 
     def _attempt(self, dispatch: Dispatch) -> Attempt:
-        return Attempt(
-            dispatch,
-            node=self.node,
-            jobs_dir=self.settings.jobs_dir,
-            emit=self.emit,
-            kill_grace_s=self.settings.kill_grace_s,
-            tensorboard_dir=self.settings.tensorboard_logdir,
-            fence_s=self.lease.fence_s,
-        )
+        return Attempt(dispatch, **self._attempt_settings())
+
+    def _attempt_settings(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "jobs_dir": self.settings.jobs_dir,
+            "emit": self.emit,
+            "kill_grace_s": self.settings.kill_grace_s,
+            "tensorboard_dir": self.settings.tensorboard_logdir,
+            "fence_s": self.lease.fence_s,
+        }
 
     async def _resume_attempts(self) -> None:
         """Pick up the attempts a previous worker on this node started: running ones are followed again,
@@ -140,14 +142,7 @@ class Worker:
         for marker in sorted(active.glob("*.*")) if active.is_dir() else []:
             state_dir = Path(marker.read_text().strip())
             try:
-                attempt = Attempt.resume(
-                    state_dir,
-                    node=self.node,
-                    jobs_dir=self.settings.jobs_dir,
-                    emit=self.emit,
-                    kill_grace_s=self.settings.kill_grace_s,
-                    tensorboard_dir=self.settings.tensorboard_logdir,
-                )
+                attempt = Attempt.resume(state_dir, **self._attempt_settings())
             except (OSError, ValueError) as e:
                 log.error("cannot resume the attempt in %s (%s): forgetting it", state_dir, e)
                 marker.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 OnOutput = Callable[[bytes], Awaitable[None]]
 _READ_SIZE = 256 * 1024
-_POLL_S = 0.1
+_POLL_S = 0.5  # output tailed, and a job that is not our child looked at, twice a second
 _LAUNCH_TIMEOUT_S = 30.0
 _OOM_SCAN_BYTES = 1024 * 1024
 _OOM_MARKERS = (b"CUDA out of memory", b"OutOfMemoryError", b"CUDA error: out of memory")
@@ -158,7 +158,8 @@ class JobProcess:
             if status is not None:
                 await self._tail()
                 break
-            if not alive(self._supervisor) and read_json(self.state_dir / "status.json") is None:
+            child_running = self._child is not None and self._child.returncode is None
+            if not child_running and not alive(self._supervisor) and not self._status_written():
                 await self._tail()
                 return ExitStatus(None, None, self._stop_reason, False, vanished=True)
             await self._pause()
@@ -169,6 +170,9 @@ class JobProcess:
         exit_code, sig = status.get("exit_code"), status.get("signal")
         oom = exit_code != 0 and self._oom_in_output()
         return ExitStatus(exit_code, sig, status.get("stop_reason"), oom)
+
+    def _status_written(self) -> bool:
+        return read_json(self.state_dir / "status.json") is not None
 
     async def _pause(self) -> None:
         """Until the next look: at most `_POLL_S`, less when our own child (the supervisor) exits first,

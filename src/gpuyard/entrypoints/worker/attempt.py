@@ -23,7 +23,7 @@ from gpuyard.domain.jobs import FailureClass, tensorboard_run
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-_FLUSH_S = 0.1
+_FLUSH_S = 0.5  # the output is tailed twice a second (adapters/runner/process.py)
 _FLUSH_BYTES = 256 * 1024
 _METRICS_POLL_S = 0.5
 

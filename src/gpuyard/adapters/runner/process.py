@@ -171,6 +171,11 @@ class JobProcess:
         oom = exit_code != 0 and self._oom_in_output()
         return ExitStatus(exit_code, sig, status.get("stop_reason"), oom)
 
+    @property
+    def ended(self) -> bool:
+        """The job has ended and its supervisor said how."""
+        return self._status_written()
+
     def _status_written(self) -> bool:
         return read_json(self.state_dir / "status.json") is not None
 

@@ -355,10 +355,12 @@ class Worker:
     def _fence(self, silent_s: float) -> None:
         """Stop every job: the controller will soon count them lost and run them again elsewhere."""
         for attempt in self.running.values():
-            if attempt.process is not None and attempt.process.stop_reason is None:
+            process = attempt.process
+            # a job that has ended (its end not reported yet, through the outage) has nothing to stop
+            if process is not None and process.stop_reason is None and not process.ended:
                 log.error(
                     "no heartbeat got through for %.0f s: stopping job %s attempt %s before it runs twice",
                     silent_s,
                     *attempt.key,
                 )
-                attempt.process.stop("fenced")
+                process.stop("fenced")

@@ -81,9 +81,7 @@ class DeadLetterService:
         now = self._clock()
         async with self._db.write() as conn:
             await self._requeue_job(conn, user, job_id, now=now)
-            for dead in await dead_repo.list_open(conn, user_id=None, include_requeued=False, limit=1000):
-                if dead["job_id"] == job_id:
-                    await dead_repo.mark_requeued(conn, dead["id"], now=now)
+            await dead_repo.mark_job_requeued(conn, job_id, now=now)
         log.info("job %s back in line, by %s", job_id, user.name)
         self._scheduler.wake()
 

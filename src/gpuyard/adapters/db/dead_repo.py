@@ -84,6 +84,19 @@ async def mark_requeued(conn: AsyncConnection, dead_id: int, *, now: datetime) -
     return bool((await conn.execute(query)).rowcount)
 
 
+async def mark_job_requeued(conn: AsyncConnection, job_id: int, *, now: datetime) -> None:
+    """Close the open dead letters of a job that went back in line."""
+    await conn.execute(
+        update(dead_letters)
+        .where(
+            dead_letters.c.job_id == job_id,
+            dead_letters.c.kind == "job",
+            dead_letters.c.requeued_at.is_(None),
+        )
+        .values(requeued_at=now)
+    )
+
+
 async def count_open(conn: AsyncConnection) -> dict[str, int]:
     query = (
         select(dead_letters.c.kind, func.count())

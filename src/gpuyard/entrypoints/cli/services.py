@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from sqlalchemy.engine import make_url
@@ -319,18 +318,12 @@ def _start_ui(settings: Settings, start: Callable[[str], subprocess.Popen[bytes]
     return f"{url} did not start; see its log above (the API and the worker run without it)"
 
 
-def _wait_ready(api_url: str, proc: subprocess.Popen[bytes], stopping: object) -> bool:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if callable(stopping) and stopping():
-            return False
-        try:
-            if httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    return False
+def _wait_ready(api_url: str, proc: subprocess.Popen[bytes], stopping: Callable[[], bool]) -> bool:
+    from gpuyard.entrypoints.ui.launch import wait_answering
+
+    return wait_answering(
+        f"{api_url}/readyz", timeout_s=60, alive=lambda: proc.poll() is None and not stopping()
+    )
 
 
 def _stop_child(role: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:

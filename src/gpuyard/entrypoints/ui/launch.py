@@ -67,12 +67,18 @@ def port_free(host: str, port: int) -> bool:
 def wait_healthy(url: str, *, timeout_s: float, alive: object = None) -> bool:
     """True once the UI server answers its health check; False after `timeout_s` or when `alive()`
     says the process is gone."""
+    return wait_answering(f"{url}/_stcore/health", timeout_s=timeout_s, alive=alive)
+
+
+def wait_answering(url: str, *, timeout_s: float, alive: object = None) -> bool:
+    """True once `url` answers 200; False after `timeout_s`, or as soon as `alive()` is false (the server
+    process is gone, or nobody waits any longer)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if callable(alive) and not alive():
             return False
         try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return True
         except httpx.TransportError:
             pass

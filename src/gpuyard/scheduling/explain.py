@@ -29,6 +29,12 @@ def explain(estimate: Estimate, *, gpus: int, now: datetime, tz: tzinfo = UTC) -
             if (e.backfill)
             else "starting now"
         )
+    if e.reason is WaitReason.PREEMPTING:
+        who = f"job {e.blocking_job_id}" if e.blocking_job_id is not None else "preemptible jobs"
+        return (
+            f"starting as soon as {who}, preemptible and behind it in line, has stopped and gone back to "
+            "its place in line"
+        )
     if e.reason is WaitReason.HELD:
         return "held: it keeps its place in line but does not start until it is released (`gpuyard release`)"
     if e.reason is WaitReason.NO_NODE_FITS:

@@ -33,12 +33,17 @@ class PendingJob:
     expected_runtime_s: float | None = None
     held: bool = False
     waiting_s: float = 0.0
+    preemptible: bool = False  # may start in any gap and be stopped and put back when a job ahead needs it
 
 
 @dataclass(frozen=True)
 class RunningJob:
     """A job holding GPUs (dispatched or running). `expected_end_at` None means unknown;
-    `time_limit_at` is when the worker stops it (its start plus its time limit), if it has a limit."""
+    `time_limit_at` is when the worker stops it (its start plus its time limit), if it has a limit.
+
+    A `preemptible` job gives its GPUs up to any waiting job ahead of it in line (by `priority_rank`, then
+    `seq`, as if it still waited): the policy then asks for it to be stopped (`Decision.preemptions`) and
+    it goes back to its place in line. `stopping` means a stop was asked for already and not yet done."""
 
     job_id: int
     node: str
@@ -49,6 +54,10 @@ class RunningJob:
     source: RuntimeSource = RuntimeSource.DEFAULT
     started_at: datetime | None = None
     time_limit_at: datetime | None = None
+    preemptible: bool = False
+    seq: int = 0
+    priority_rank: int = 1
+    stopping: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,10 @@ class Rules:
         `aging_max_rank`.
     max_gpus_per_user: GPUs one user may hold at once (None: no limit).
     fair_share: within a priority, users with less recent GPU time (`usage_s`, GPU-seconds) go first.
+    preempt_min_run_s: a preemptible job starts ahead of earlier jobs only in a gap at least this long (or
+        as long as its planned runtime, if that is shorter): less would stop it almost at once.
+    preempt_grace_s: how long a preempted job has to stop (SIGTERM, then SIGKILL); the job that preempts it
+        is estimated to start that much later.
     """
 
     backfill: bool = True
@@ -87,6 +100,8 @@ class Rules:
     max_gpus_per_user: int | None = None
     fair_share: bool = False
     usage_s: dict[str, float] = field(default_factory=dict)
+    preempt_min_run_s: float = 600.0
+    preempt_grace_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class WaitReason(StrEnum):
     NO_NODE_ONLINE = "no_node_online"
     HELD = "held"
     USER_LIMIT = "user_limit"
+    PREEMPTING = "preempting"  # its GPUs are held by preemptible jobs behind it, which are being stopped
 
 
 @dataclass(frozen=True)
@@ -148,8 +164,19 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Preemption:
+    """Stop running job `job_id` (preemptible, behind `for_job_id` in line) so `for_job_id` can start; the
+    stopped job goes back to its place in line."""
+
+    job_id: int
+    for_job_id: int
+
+
+@dataclass(frozen=True)
 class Decision:
     placements: tuple[Placement, ...]
     estimates: dict[int, Estimate] = field(default_factory=dict)
     # The pass's simulation at the end of the line (a policy.Timeline), for estimating newcomers.
     timeline: object | None = field(default=None, compare=False, repr=False)
+    # Running preemptible jobs to stop now, each for the waiting job ahead of it that takes its GPUs.
+    preemptions: tuple[Preemption, ...] = ()

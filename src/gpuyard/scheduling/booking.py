@@ -14,6 +14,8 @@ from gpuyard.scheduling.model import RuntimeSource
 
 INF = math.inf
 # Gaps kept per GPU (a bound on the work of a search), and the shortest worth keeping (no job is that short).
+# Whether a stretch holds a length is always asked as `end - start >= length`, the way gap lengths are
+# measured: `start + length <= end` rounds differently and would let a search skip a gap that fits.
 MAX_GAPS = 32
 MIN_GAP_S = 1.0
 
@@ -45,38 +47,38 @@ class Gpu:
         if start >= self.tail:
             return True
         i = self._hole_at(start)
-        return i >= 0 and start + length <= self.holes[i][1]
+        return i >= 0 and self.holes[i][1] - start >= length
 
     def first_start(self, floor: float, length: float, bound: float) -> float:
         """The earliest start in [floor, bound] from which this GPU is free for `length`; INF if none."""
         if self.max_gap >= length and floor < self.tail:
             holes = self.holes
             i = bisect.bisect_right(self.starts, floor) - 1
-            if i >= 0 and floor + length <= holes[i][1]:
+            if i >= 0 and holes[i][1] - floor >= length:
                 return floor  # the gap around the floor holds it
             for k in range(i + 1, len(holes)):
                 start, end, _ = holes[k]
                 if start > bound:
                     return INF
-                if start + length <= end:
+                if end - start >= length:
                     return start
         start = self.tail if self.tail > floor else floor
         return start if start <= bound else INF
 
     def stretches(self, floor: float, length: float, bound: float, out: list[tuple[float, float]]) -> None:
         """Append (first, end) for each stretch of this GPU in which any start s with first <= s and
-        s + length <= end finds it free for `length`, with first in [floor, bound]: the gaps that can hold
+        end - s >= length finds it free for `length`, with first in [floor, bound]: the gaps that can hold
         `length`, then the tail."""
         if self.max_gap >= length and floor < self.tail:
             holes = self.holes
             i = bisect.bisect_right(self.starts, floor) - 1
-            if i >= 0 and floor + length <= holes[i][1]:
+            if i >= 0 and holes[i][1] - floor >= length:
                 out.append((floor, holes[i][1]))
             for k in range(i + 1, len(holes)):
                 start, end, _ = holes[k]
                 if start > bound:
                     return
-                if start + length <= end:
+                if end - start >= length:
                     out.append((start, end))
         start = self.tail if self.tail > floor else floor
         if start <= bound:
@@ -158,7 +160,7 @@ class Node:
         stretches.sort()
         ends: list[float] = []
         for start, end in stretches:
-            while ends and ends[0] < start + length:
+            while ends and ends[0] - start < length:
                 heapq.heappop(ends)
             heapq.heappush(ends, end)
             if len(ends) >= count:

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_scheduling.py [--budget-s 30] [--runs 5] [--parts traces,pass,simulator]
 
-(a) Each shipped trace (bench/traces/, see make_traces.py) through the simulator, backfill on and off.
+(a) Each shipped trace (bench/traces/, see make_traces.py) through the simulator, backfill on and off;
+    then what-ifs: no job preemptible, every job preemptible, every time limit equal to the runtime.
 (b) The time of one scheduling pass, `schedule()`, over 10,000 waiting jobs (mixed 1/2/4 GPUs, random
     priorities and limits, seeded) on 1 node x 4 GPUs (4 running jobs) and on 16 nodes x 4 GPUs (64 running
     jobs), median of --runs runs; smaller lines too, to show how the pass grows. One pass yields both the
@@ -83,20 +84,35 @@ def bench_traces() -> None:
             print(format_report(result), end="")
             print(targets(result))
             print(f"  simulated in {took_s:.1f} s\n")
-    print("(a') what-if: each trace with every time limit equal to the job's runtime, backfill on")
+    print("(a') what-if: each trace with no job preemptible, and with every job below urgent preemptible,")
+    print("    backfill on\n")
+    for path in sorted(TRACES.glob("*.csv")):
+        trace = parse_trace(path.read_text(), name=path.name)
+        for label, share in (("none preemptible", False), ("all preemptible", True)):
+            jobs = tuple(replace(j, preemptible=share and j.priority.rank < 3) for j in trace.jobs)
+            result = simulate(replace(trace, jobs=jobs), rules=Rules())
+            print(f"  {path.name:<18} {label:<17} {_summary(result)}")
+    print()
+    print("(a'') what-if: each trace with every time limit equal to the job's runtime, backfill on")
     print("    (runtimes known exactly: what is left of the estimate error comes from later arrivals of")
     print("    higher priority; what is left of the idle time, from reservations and arrivals)\n")
     for path in sorted(TRACES.glob("*.csv")):
         trace = parse_trace(path.read_text(), name=path.name)
         exact = replace(trace, jobs=tuple(replace(j, time_limit_s=j.actual_runtime_s) for j in trace.jobs))
-        f = simulate(exact, rules=Rules(backfill=True)).figures
-        median = f.estimate_error_limited.median
-        print(
-            f"  {path.name:<18} utilization vs lower bound {f.utilization_vs_lower_bound:.1%}, "
-            f"vs the bound with arrivals {f.utilization_vs_arrival_bound:.1%}; "
-            f"median start error {'-' if median is None else f'{median:.1%}'}"
-        )
+        print(f"  {path.name:<18} {_summary(simulate(exact, rules=Rules(backfill=True)))}")
     print()
+
+
+def _summary(result: SimResult) -> str:
+    f = result.figures
+    median = f.estimate_error_limited.median
+    waits = ", ".join(f"{w.priority} {w.mean_wait_s / 3600:.1f} h" for w in f.waits)
+    return (
+        f"utilization vs lower bound {f.utilization_vs_lower_bound:.1%}, "
+        f"vs the bound with arrivals {f.utilization_vs_arrival_bound:.1%}; "
+        f"median start error {'-' if median is None else f'{median:.1%}'}; "
+        f"{f.preemptions} preemptions; mean wait {waits}; delayed {f.delayed_jobs}"
+    )
 
 
 # --- budgeted measurements in a child process ------------------------------------------------------------

@@ -6,6 +6,10 @@ lab_week.csv       a lab week on 1x4 GPUs: ~350 mixed 1/2/4-GPU jobs from 6 user
                    long-tailed runtimes (minutes to about a day), most with time limits of 1.2–3x the runtime
 burst_500.csv      500 small 1-GPU jobs (1–15 min, with limits) from 3 users within 10 minutes, on 1x4
 urgent_hourly.csv  two days of steady mixed load on 1x4, plus one urgent 2-GPU job every hour
+
+In all three, two thirds of the jobs below urgent are preemptible (they checkpoint and resume, and say so);
+the rest (evaluations, jobs that cannot resume) are not. That flag is drawn from a generator of its own, so
+the other columns are the same as in the traces written before it existed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from gpuyard.domain.jobs import Priority
@@ -21,6 +26,7 @@ from gpuyard.scheduling.trace import Trace, TraceJob, format_trace
 TRACES = Path(__file__).resolve().parent / "traces"
 HOUR_S, DAY_S = 3600, 86400
 SEED = 20240501
+PREEMPTIBLE_SHARE = 2 / 3
 
 
 def arrivals(rng: random.Random, *, count: int, span_s: int, rate: Callable[[int], float]) -> list[int]:
@@ -118,11 +124,20 @@ def urgent_hourly(rng: random.Random) -> Trace:
     return Trace("urgent_hourly.csv", tuple(job(n, *e) for n, e in enumerate(entries, start=1)))
 
 
+def with_preemptible(trace: Trace, rng: random.Random) -> Trace:
+    """Mark PREEMPTIBLE_SHARE of the jobs below urgent preemptible (urgent ones never are)."""
+    jobs = []
+    for j in trace.jobs:
+        roll = rng.random()  # drawn for every job, so one job's priority does not shift the others' flags
+        jobs.append(replace(j, preemptible=j.priority is not Priority.URGENT and roll < PREEMPTIBLE_SHARE))
+    return replace(trace, jobs=tuple(jobs))
+
+
 def main() -> None:
     TRACES.mkdir(exist_ok=True)
     for offset, make in enumerate((lab_week, burst_500, urgent_hourly)):
-        trace = make(random.Random(SEED + offset))
         seed = SEED + offset
+        trace = with_preemptible(make(random.Random(seed)), random.Random(seed + 1000))
         head = f"# {trace.name}: written by bench/make_traces.py (seed {seed}); edit that, not this.\n"
         (TRACES / trace.name).write_text(head + format_trace(trace))
         print(f"wrote {TRACES / trace.name}: {len(trace.jobs)} jobs")

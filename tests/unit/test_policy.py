@@ -419,12 +419,22 @@ def requests(draw: st.DrawFn) -> ScheduleRequest:
             gpus = tuple(
                 i for i, (lab, o) in enumerate(zip(labels, outside, strict=True)) if lab == label and not o
             )
-            run.append(running(1000 + 10 * n + label, f"n{n}", gpus, draw(_RUNNING_END), draw(_PROGRESS)))
+            one = running(1000 + 10 * n + label, f"n{n}", gpus, draw(_RUNNING_END), draw(_PROGRESS))
+            if draw(st.integers(0, 2)) == 0:  # a preemptible one, somewhere in the line, maybe stopping
+                one = replace(
+                    one,
+                    preemptible=True,
+                    seq=2 * draw(st.integers(-2, 6)) + 1,  # odd: between waiting jobs
+                    priority_rank=draw(st.integers(0, 3)),
+                    stopping=draw(st.sampled_from([False, False, True])),
+                )
+            run.append(one)
     wanted = draw(st.lists(_PENDING, max_size=10))
     backfill = draw(st.booleans())
     seqs = draw(st.permutations(range(len(wanted))))
+    preemptible = draw(st.lists(st.booleans(), min_size=len(wanted), max_size=len(wanted)))
     pending = [
-        job(i + 1, gpus=gpus, prio=prio, limit=limit, seq=seqs[i])
+        replace(job(i + 1, gpus=gpus, prio=prio, limit=limit, seq=2 * seqs[i]), preemptible=preemptible[i])
         for i, (gpus, prio, limit) in enumerate(wanted)
     ]
     default_runtime_s = draw(st.sampled_from([60.0, 3600.0]))
@@ -433,7 +443,11 @@ def requests(draw: st.DrawFn) -> ScheduleRequest:
         pending=pending,
         run=run,
         default_runtime_s=default_runtime_s,
-        rules=Rules(backfill=backfill),
+        rules=Rules(
+            backfill=backfill,
+            preempt_grace_s=draw(st.sampled_from([0.0, 30.0, 600.0])),
+            preempt_min_run_s=draw(st.sampled_from([0.0, 60.0, 3600.0])),
+        ),
     )
 
 
@@ -508,8 +522,9 @@ def check_starts_never_go_down(req: ScheduleRequest, d: Decision) -> None:
 
 def check_backfill_delays_nobody(req: ScheduleRequest, d: Decision) -> None:
     """(g) No job is delayed by a job behind it: in the next pass, with the jobs placed ahead of a placed
-    job running as planned and that job running for its whole time limit (forever, without one), no job
-    ahead of it starts later than estimated."""
+    job running as planned and that job running for its whole time limit (forever, without one; a
+    preemptible one as long as it may before a job ahead stops it), no job ahead of it starts later than
+    estimated."""
     line = queue(req)
     placed_at = {p.job_id: p for p in d.placements}
     for p in d.placements:
@@ -517,7 +532,17 @@ def check_backfill_delays_nobody(req: ScheduleRequest, d: Decision) -> None:
         if line.index(placed_job) == 0:
             continue
         holds_for = placed_job.time_limit_s if placed_job.time_limit_s is not None else 10**8
-        started = [RunningJob(p.job_id, p.node, p.gpu_indices, NOW + timedelta(seconds=holds_for))]
+        started = [
+            RunningJob(
+                p.job_id,
+                p.node,
+                p.gpu_indices,
+                NOW + timedelta(seconds=holds_for),
+                preemptible=placed_job.preemptible,
+                seq=placed_job.seq,
+                priority_rank=placed_job.priority_rank,
+            )
+        ]
         for ahead in line[: line.index(placed_job)]:
             if ahead.job_id in placed_at:
                 q = placed_at[ahead.job_id]
@@ -574,7 +599,30 @@ def check_head_starts_when_it_fits(req: ScheduleRequest, d: Decision) -> None:
         assert head.job_id in {p.job_id for p in d.placements}, "GPUs idle while the head of the line fits"
 
 
+def check_preemptions_only_for_jobs_ahead(req: ScheduleRequest, d: Decision) -> None:
+    """A pass stops only running preemptible jobs not stopping already, each once, each for a waiting job
+    ahead of it in line that waits with reason PREEMPTING on some of its GPUs; no job starts on them now."""
+    running = {r.job_id: r for r in req.running}
+    pending = {j.job_id: j for j in req.pending}
+    stopped = [p.job_id for p in d.preemptions]
+    assert len(stopped) == len(set(stopped)), "a job is preempted twice"
+    assert req.rules.backfill or not stopped, "preemption without backfill"
+    for p in d.preemptions:
+        run, ahead = running[p.job_id], pending[p.for_job_id]
+        assert run.preemptible and not run.stopping, p
+        assert (-ahead.priority_rank, ahead.seq) < (-run.priority_rank, run.seq), p
+        e = d.estimates[ahead.job_id]
+        assert e.reason is R.PREEMPTING and e.start_at is not None and e.start_at > req.now, (p, e)
+    for e in d.estimates.values():
+        if e.reason is R.PREEMPTING:
+            assert any(p.for_job_id == e.job_id for p in d.preemptions), e
+    held = {(r.node, i) for r in req.running for i in r.gpu_indices}
+    for placement in d.placements:
+        assert not any((placement.node, i) in held for i in placement.gpu_indices), placement
+
+
 CHECKS = [
+    check_preemptions_only_for_jobs_ahead,
     check_no_gpu_given_twice_or_taken,
     check_exact_gpus_on_one_node,
     check_no_overtaking,
@@ -610,8 +658,11 @@ def test_extending_the_line_agrees_with_a_full_pass(req: ScheduleRequest, newcom
     quick = extend(timeline, new)
     full = schedule(replace(req, pending=(*req.pending, new)))
     if quick is None:
-        # Only when it would not go last, or could start now (then the pass must place it).
-        lowest = min((j.priority_rank for j in req.pending), default=None)
+        # Only when it would not go last (behind every waiting job and every running preemptible one, which
+        # it could otherwise stop), or could start now (then the pass must place it).
+        ranks = [j.priority_rank for j in req.pending]
+        ranks += [r.priority_rank for r in req.running if r.preemptible and not r.stopping]
+        lowest = min(ranks, default=None)
         starts_now = full.estimates[999].start_at == req.now
         assert starts_now or (lowest is not None and prio > lowest)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -113,6 +114,48 @@ def test_a_short_limited_job_backfills_in_front_of_a_waiting_four_gpu_job(
     f = result.figures
     assert (f.backfilled, f.max_delay_by_later_s, f.delayed_jobs) == (backfilled, 0, 0)
     assert [r.job.job_id for r in result.records if r.backfilled] == ([3] if backfilled else [])
+
+
+PREEMPTIBLE = Rules(backfill=True, preempt_grace_s=30, preempt_min_run_s=60)
+
+
+def preemptible_trace(*rows: str) -> Trace:
+    header = HEADER + ",preemptible"
+    return parse_trace("\n".join(["# nodes: 1x4", header, *rows]), name="t.csv")
+
+
+def test_a_preemptible_job_fills_the_gap_and_is_stopped_in_time_for_the_job_ahead() -> None:
+    # GPU 0 is busy until 1000 and the 4-GPU job waits for it. A preemptible job with no limit (it could
+    # not prove that it fits the gap) starts at once, gets SIGTERM a grace (30 s) before 1000, is gone at
+    # 1000, and resumes after the 4-GPU job: what was left (2000 - 950 s) plus the restart cost (50 s).
+    result = simulate(
+        preemptible_trace(
+            "0,1,normal,ana,1000,1000,no", "10,4,normal,ben,500,500,no", "20,1,normal,chen,2000,,yes"
+        ),
+        rules=PREEMPTIBLE,
+        restart_cost_s=50,
+    )
+    assert starts(result) == {1: 0, 2: 1000, 3: 20}  # the 4-GPU job starts when GPU 0 frees, not later
+    third = result.records[2]
+    assert (third.preemptions, third.runs, third.end_s) == (1, ((20, 1000), (1500, 2600)), 2600)
+    f = result.figures
+    assert (f.preemptions, f.preempted_jobs, f.redone_gpu_s) == (1, 1, 30 + 50)
+    assert (f.max_delay_by_later_s, f.delayed_jobs, f.backfilled) == (0, 0, 1)
+    # Between its runs it waited again: 3 GPUs idle 20..1000 would be idle-while-waiting without it.
+    assert f.busy_gpu_s + f.idle_while_waiting_gpu_s + f.idle_while_none_waited_gpu_s == f.gpus * f.makespan_s
+
+
+def test_a_job_that_ends_during_its_grace_is_not_preempted() -> None:
+    result = simulate(
+        preemptible_trace(
+            "0,1,normal,ana,1000,1000,no", "10,4,normal,ben,500,500,no", "20,1,normal,chen,975,,yes"
+        ),
+        rules=PREEMPTIBLE,
+    )
+    # Asked to stop at 970, it ends at 995 by itself, before its grace is over: one run, no preemption.
+    assert [r.preemptions for r in result.records] == [0, 0, 0]
+    assert result.records[2].runs == ((20, 995),)
+    assert starts(result)[2] == 1000
 
 
 @pytest.mark.parametrize(
@@ -289,3 +332,14 @@ def test_a_missing_trace_exits_2(cli: typer.Typer, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["simulate", str(tmp_path / "nope.csv")])
     assert result.exit_code == 2
     assert "error: cannot read the trace" in result.stderr and "No such file" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["lab_week.csv", "urgent_hourly.csv"])
+def test_shipped_traces_with_every_job_preemptible_finish_and_delay_nobody(name: str) -> None:
+    """A short minimum run and a long grace once made jobs start and stop in turn forever; every job ends."""
+    shipped = parse_trace((Path(__file__).parents[2] / "bench" / "traces" / name).read_text(), name=name)
+    jobs = tuple(replace(j, preemptible=j.priority.rank < 3) for j in shipped.jobs)
+    rules = Rules(backfill=True, preempt_grace_s=120, preempt_min_run_s=60)
+    f = simulate(replace(shipped, jobs=jobs), rules=rules).figures
+    assert (f.unstarted, f.started, f.delayed_jobs) == (0, len(jobs), 0)
+    assert f.preemptions > 0

@@ -125,6 +125,24 @@ def test_a_job_killed_at_its_limit_holds_its_gpus_until_the_limit() -> None:
             id="priority",
         ),
         pytest.param(text("0,1,normal,,100,"), 2, "user is empty", id="user-empty"),
+        pytest.param(
+            "submit_s,gpus,priority,user,runtime_s,time_limit_s,preemptible\n0,1,normal,a,100,,maybe\n",
+            2,
+            "preemptible must be yes or no",
+            id="preemptible-word",
+        ),
+        pytest.param(
+            "submit_s,gpus,priority,user,runtime_s,time_limit_s,preemptible\n0,1,normal,a,100,\n",
+            2,
+            "expected 7 fields",
+            id="preemptible-missing",
+        ),
+        pytest.param(
+            "submit_s,gpus,priority,user,runtime_s,time_limit_s,checkpoint\n",
+            1,
+            "(and, optionally, ,preemptible)",
+            id="unknown-column",
+        ),
         pytest.param("0,1,normal,a,100,\n", 1, "expected the header line", id="no-header"),
         pytest.param("# nodes: 0x4\n" + HEADER + "\n", 1, "nodes: cluster '0x4'", id="nodes-zero"),
         pytest.param("# nodes: four\n" + HEADER + "\n", 1, "NODESxGPUS", id="nodes-word"),
@@ -168,6 +186,18 @@ def test_format_then_parse_gives_the_same_trace() -> None:
     )
     trace = Trace("t.csv", jobs, nodes=2, gpus_per_node=4)
     assert parse_trace(format_trace(trace), name="t.csv") == trace
+    assert "preemptible" not in format_trace(trace)  # a trace without preemptible jobs keeps six columns
+    some = Trace("t.csv", (jobs[0], TraceJob(2, 5.0, 2, Priority.HIGH, "ben", 60.0, None, preemptible=True)))
+    text = format_trace(some)
+    assert text.splitlines()[1].endswith(",preemptible") and text.splitlines()[3].endswith(",yes")
+    assert parse_trace(text, name="t.csv") == some
+
+
+def test_the_preemptible_column_takes_yes_no_or_empty() -> None:
+    header = "submit_s,gpus,priority,user,runtime_s,time_limit_s,preemptible"
+    rows = ["0,1,normal,a,100,,yes", "0,1,normal,a,100,,no", "0,1,normal,a,100,,", "0,1,normal,a,100,,TRUE"]
+    trace = parse_trace("\n".join([header, *rows]), name="t.csv")
+    assert [j.preemptible for j in trace.jobs] == [True, False, False, True]
 
 
 @pytest.mark.parametrize("name", ["lab_week.csv", "burst_500.csv", "urgent_hourly.csv"])

@@ -23,10 +23,20 @@ class SimRecord:
     start_s: float | None
     end_s: float | None
     backfilled: bool = False  # started while an earlier job of equal or higher priority waited
+    # When it held its GPUs: one (start, end) per attempt (more than one once preempted).
+    runs: tuple[tuple[float, float], ...] = ()
+    preemptions: int = 0
 
     @property
     def wait_s(self) -> float | None:
         return None if self.start_s is None else self.start_s - self.job.submit_s
+
+    @property
+    def held(self) -> tuple[tuple[float, float], ...]:
+        """Its runs; a record made without them held its GPUs from its start to its end."""
+        if self.runs or self.start_s is None or self.end_s is None:
+            return self.runs
+        return ((self.start_s, self.end_s),)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,9 @@ class SimFigures:
     idle_while_none_waited_gpu_s: float  # GPU-seconds idle with no job waiting (nothing to run)
     waits: tuple[WaitFigures, ...]
     backfilled: int
+    preemptions: int  # how many times a preemptible job was stopped for a job ahead of it
+    preempted_jobs: int
+    redone_gpu_s: float  # GPU-seconds held beyond the work the jobs needed: lost to preemptions
     max_delay_by_later_s: float
     delayed_jobs: int
     estimate_error_limited: EstimateErrorFigures
@@ -90,8 +103,9 @@ def compute_figures(
     started = [r for r in records if r.start_s is not None and r.end_s is not None]
     first_s = min(j.submit_s for j in trace.jobs)
     makespan_s = max((r.end_s or 0.0 for r in started), default=first_s) - first_s
-    busy_gpu_s = sum(((r.end_s or 0.0) - (r.start_s or 0.0)) * r.job.gpus for r in started)
+    busy_gpu_s = sum((end - start) * r.job.gpus for r in started for start, end in r.held)
     work_s = sum(j.actual_runtime_s * j.gpus for j in trace.jobs)
+    done_s = sum(r.job.actual_runtime_s * r.job.gpus for r in started)
     lower_bound_s = max(work_s / trace.total_gpus, max(j.actual_runtime_s for j in trace.jobs))
     arrival_s = arrival_bound_s(trace)
     idle_waiting_s, idle_none_s = idle_gpu_s(
@@ -114,6 +128,9 @@ def compute_figures(
         idle_while_none_waited_gpu_s=idle_none_s,
         waits=_waits(started),
         backfilled=sum(1 for r in records if r.backfilled),
+        preemptions=sum(r.preemptions for r in records),
+        preempted_jobs=sum(1 for r in records if r.preemptions),
+        redone_gpu_s=max(0.0, busy_gpu_s - done_s),
         max_delay_by_later_s=max(delays_s.values(), default=0.0),
         delayed_jobs=sum(1 for d in delays_s.values() if d > 0),
         estimate_error_limited=_errors([r for r in started if r.job.time_limit_s is not None]),
@@ -142,10 +159,12 @@ def idle_gpu_s(
     changes: list[tuple[float, int, int]] = []  # (moment, change of busy GPUs, change of waiting jobs)
     for r in records:
         changes.append((r.job.submit_s, 0, 1))
-        if r.start_s is not None:
+        held = r.held
+        for i, (start, end) in enumerate(held):  # a preempted job waits again between its runs
+            changes.append((start, r.job.gpus, -1))
+            changes.append((end, -r.job.gpus, 0 if i == len(held) - 1 else 1))
+        if r.start_s is not None and not held:  # started, never ended
             changes.append((r.start_s, r.job.gpus, -1))
-        if r.end_s is not None:
-            changes.append((r.end_s, -r.job.gpus, 0))
     changes.sort()
     busy = waiting = 0
     moment_s = since_s
@@ -203,6 +222,8 @@ def figures_as_dict(result: SimResult) -> dict[str, object]:
             "aging_s": rules.aging_s,
             "fair_share": rules.fair_share,
             "max_gpus_per_user": rules.max_gpus_per_user,
+            "preempt_grace_s": rules.preempt_grace_s,
+            "preempt_min_run_s": rules.preempt_min_run_s,
         },
         "default_runtime_s": result.default_runtime_s,
         **asdict(result.figures),
@@ -242,6 +263,11 @@ def format_report(result: SimResult) -> str:
             f"{_duration(f.idle_while_none_waited_gpu_s)} while none waited (GPU-time)",
         ),
         _row("started by backfill", f"{f.backfilled} jobs"),
+        _row(
+            "preemptions",
+            f"{f.preemptions} of {f.preempted_jobs} jobs, "
+            f"{_duration(f.redone_gpu_s)} of GPU-time lost to them",
+        ),
         _row("max delay by a later job", f"{f.max_delay_by_later_s:g} s ({f.delayed_jobs} jobs delayed)"),
         _row("scheduling passes", str(f.passes)),
         _row("wait by priority", f"{'jobs':>6} {'mean':>10} {'p95':>10}"),

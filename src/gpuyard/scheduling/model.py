@@ -43,7 +43,8 @@ class RunningJob:
 
     A `preemptible` job gives its GPUs up to any waiting job ahead of it in line (by `priority_rank`, then
     `seq`, as if it still waited): the policy then asks for it to be stopped (`Decision.preemptions`) and
-    it goes back to its place in line. `stopping` means a stop was asked for already and not yet done."""
+    it goes back to its place in line. `stopping` means a stop was asked for already and not yet done; its
+    `expected_end_at` is then when the stop's grace runs out (or sooner, if it should end by itself)."""
 
     job_id: int
     node: str
@@ -88,8 +89,8 @@ class Rules:
         `aging_max_rank`.
     max_gpus_per_user: GPUs one user may hold at once (None: no limit).
     fair_share: within a priority, users with less recent GPU time (`usage_s`, GPU-seconds) go first.
-    preempt_min_run_s: a preemptible job starts ahead of earlier jobs only in a gap at least this long (or
-        as long as its planned runtime, if that is shorter): less would stop it almost at once.
+    preempt_min_run_s: a preemptible job starts ahead of earlier jobs only in a gap that lets it run at least
+        this long before it is asked to stop, plus the grace to stop (or its planned runtime, if shorter).
     preempt_grace_s: how long a preempted job has to stop (SIGTERM, then SIGKILL); the job that preempts it
         is estimated to start that much later.
     """
@@ -180,3 +181,6 @@ class Decision:
     timeline: object | None = field(default=None, compare=False, repr=False)
     # Running preemptible jobs to stop now, each for the waiting job ahead of it that takes its GPUs.
     preemptions: tuple[Preemption, ...] = ()
+    # When a pass is next due to stop a running preemptible job (a grace before a job ahead of it is booked
+    # on its GPUs), if nothing else brings a pass sooner; None: no stop is planned.
+    preempt_at: datetime | None = None

@@ -10,6 +10,14 @@ only inside a gap the earlier bookings left, and only if its time limit (which t
 before the gap closes. Jobs with no time limit only ever book after everything booked on their GPUs.
 Without backfill, a job never starts before the job ahead of it.
 
+A preemptible job may take a gap whatever its time limit, if the gap lets it run `preempt_min_run_s`
+(or what it should take, if less) and then `preempt_grace_s` to stop: its booking ends where the gap does.
+While it runs, the jobs ahead of it in line see its GPUs as free once a stop would have freed them (a grace
+from now); one that would start there asks for it to be stopped (`Decision.preemptions`) and starts once it
+has. When the walk reaches the running job's own place in line, it is booked on its GPUs until its
+expected end or the first booking of a job ahead, whichever comes first, and `Decision.preempt_at` says
+when a pass must ask it to stop. So a preemptible job never delays a job ahead of it either.
+
 Times inside are float seconds from `now`: datetimes only at the edges.
 """
 
@@ -26,6 +34,7 @@ from gpuyard.scheduling.model import (
     NodeView,
     PendingJob,
     Placement,
+    Preemption,
     Rules,
     RunningJob,
     RuntimeSource,
@@ -52,6 +61,16 @@ def weakest(a: RuntimeSource, b: RuntimeSource) -> RuntimeSource:
     return a if _WEAKNESS[a] >= _WEAKNESS[b] else b
 
 
+class _Soft(NamedTuple):
+    """A running preemptible job, not yet booked: jobs ahead of it in line may take its GPUs."""
+
+    key: tuple[float, float, int]  # its place in line, as `line_key` gives it
+    run: RunningJob
+    node: Node
+    gpus: tuple[Gpu, ...]
+    end: float  # when it should end by itself
+
+
 class _Slot(NamedTuple):
     runtime: float  # planned
     source: RuntimeSource  # of the planned runtime
@@ -76,6 +95,11 @@ def effective_rank(job: PendingJob, rules: Rules) -> int:
     if rules.aging_s is None or job.priority_rank >= rules.aging_max_rank:
         return job.priority_rank
     return min(rules.aging_max_rank, job.priority_rank + int(job.waiting_s // rules.aging_s))
+
+
+def line_key(rank: int, user: str, seq: int, rules: Rules) -> tuple[float, float, int]:
+    """A job's place in line (smaller goes first), for waiting and running jobs alike."""
+    return (-rank, rules.usage_s.get(user, 0.0) if rules.fair_share else 0.0, seq)
 
 
 def queue_order(pending: tuple[PendingJob, ...], rules: Rules | None = None) -> list[PendingJob]:
@@ -120,12 +144,21 @@ class Timeline:
         self.aging = request.rules.aging_s is not None
         self.default_runtime_s = request.default_runtime_s
         self.views = request.nodes
-        self.cluster = Cluster(_build_nodes(request))
+        # A preemptible running job's GPUs free this long after it is asked to stop (never at once).
+        self.grace = max(request.rules.preempt_grace_s, _OVERDUE_S)
+        self.min_run = max(request.rules.preempt_min_run_s, _MIN_RUNTIME_S)
+        nodes, soft = _build_nodes(request, self.grace)
+        self.cluster = Cluster(nodes)
         self.nodes = self.cluster.nodes
+        self.soft = soft  # in line order; booked (`_seat`) when the walk reaches their place
+        self.soft_gpus = {(s.node.name, g.index): s for s in soft for g in s.gpus}
+        self.preemptions: list[Preemption] = []
+        self.preempt_due = INF  # when the next running preemptible job must be asked to stop
         self.total = sum(n.size for n in self.nodes)
         self.placements: list[Placement] = []
         self.last_start = 0.0  # without backfill, nobody starts before the job ahead
-        self.lowest_rank: int | None = None
+        # The lowest rank in line, running preemptible jobs included: a newcomer of a higher rank goes ahead.
+        self.lowest_rank: int | None = min((s.run.priority_rank for s in soft), default=None)
         self.top_rank = -1
         self.count = 0
         self.gpus_ahead = 0
@@ -141,8 +174,9 @@ class Timeline:
                 self.open_gpus[n.name] = open_here
 
     def open_now(self) -> bool:
-        """Whether any GPU is free now, for at least a moment: only then can a job still start now."""
-        return bool(self.open_gpus)
+        """Whether any GPU is free now, for at least a moment, or could be freed by a preemption: only then
+        can a job still start (or preempt) now."""
+        return bool(self.open_gpus) or bool(self.soft)
 
     def slot(self, job: PendingJob) -> _Slot:
         """Where the next job in line would be booked, without booking it."""
@@ -151,12 +185,18 @@ class Timeline:
         user_floor = 0.0 if self.user_limit is None else self._user_floor(job, runtime)
         floor = user_floor if self.backfill else max(user_floor, self.last_start)
         length = guaranteed if guaranteed > _MIN_RUNTIME_S else _MIN_RUNTIME_S
+        if job.preemptible and self.backfill:
+            # A gap it can use for a while before a stop ends it there (or long enough for what it should
+            # take), and never shorter than a stop takes, unless its time limit ends it sooner.
+            length = min(length, max(min(runtime, self.min_run + self.grace), self.grace))
         fit = self.cluster.earliest_fit(job.gpus, length, floor)
         return _Slot(runtime, source, guaranteed, user_floor, fit)
 
     def add(self, job: PendingJob, slot: _Slot | None = None) -> _Step:
         """Book the next job in line (at `slot`, when the caller has just found it)."""
         rank = effective_rank(job, self.rules) if self.aging else job.priority_rank
+        if self.soft:
+            self.seat(line_key(rank, job.user, job.seq, self.rules))
         if self.lowest_rank is None or rank < self.lowest_rank:
             self.lowest_rank = rank
         if job.held:
@@ -171,15 +211,19 @@ class Timeline:
             return _Step(job, self.count, self.gpus_ahead, None, reason, None, RuntimeSource.DEFAULT, False)
         start, node, gpus = fit
         blocker, start_source = None, source
+        stopping = self._preempt(job, node, gpus) if start <= self.grace and self.soft_gpus else None
         if start > 0.0:
             position, gpus_ahead = self.count + 1, self.gpus_ahead
             self.count += 1
             self.gpus_ahead += job.gpus
             blocker, start_source = _blocker(gpus, start, source)
-            # Nothing free now (the usual case far down a line): it waits for GPUs.
-            reason = (
-                self._reason(job, rank, guaranteed, user_floor) if self.open_gpus else WaitReason.GPUS_BUSY
-            )
+            if stopping is not None:
+                reason = WaitReason.PREEMPTING
+                blocker = Holder(stopping.job_id, stopping.progress, stopping.source)
+            elif self.open_gpus:
+                reason = self._reason(job, rank, guaranteed, user_floor)
+            else:  # nothing free now (the usual case far down a line): it waits for GPUs
+                reason = WaitReason.GPUS_BUSY
         else:
             position, gpus_ahead = 0, 0
             self.placements.append(Placement(job.job_id, node.name, tuple(sorted(g.index for g in gpus))))
@@ -188,12 +232,13 @@ class Timeline:
             reason = WaitReason.STARTING
         # The start depends on the ends of the bookings before it; later jobs depend on this one's end too.
         end = start + runtime
+        if job.preemptible and self.backfill:  # stopped where the gap closes, if it does before its end
+            closes = min(_busy_from(g, start) for g in gpus)
+            if closes < end:
+                end = closes
+                self.preempt_due = min(self.preempt_due, closes - self.grace)
         self.cluster.book(node, gpus, start, end, Holder(job.job_id, None, weakest(start_source, source)))
-        opened = self.open_gpus.get(node.name)
-        if opened is not None:
-            opened.difference_update([g.index for g in gpus if not g.free_for(0.0, _MIN_RUNTIME_S)])
-            if not opened:
-                del self.open_gpus[node.name]
+        self._close(node, gpus)
         if self.user_limit is not None:
             self.user_bookings.setdefault(job.user, []).append((start, end, job.gpus))
         backfill = start < self.last_start
@@ -202,6 +247,44 @@ class Timeline:
         if rank > self.top_rank:
             self.top_rank = rank
         return _Step(job, position, gpus_ahead, start, reason, blocker, start_source, backfill)
+
+    def seat(self, key: tuple[float, float, int] | None = None) -> None:
+        """Book the running preemptible jobs placed in line before `key` (all of them without one) on their
+        GPUs, until their expected end or the first booking of a job ahead of them there."""
+        while self.soft and (key is None or self.soft[0].key < key):
+            soft = self.soft.pop(0)
+            for g in soft.gpus:
+                self.soft_gpus.pop((soft.node.name, g.index), None)
+            end = min(soft.end, *(_busy_from(g, self.grace) for g in soft.gpus))
+            if end < soft.end:  # a job ahead takes its GPUs then: it must be asked to stop a grace before
+                self.preempt_due = min(self.preempt_due, end - self.grace)
+            if end - self.grace >= _MIN_RUNTIME_S:
+                run = soft.run
+                holder = Holder(run.job_id, run.progress, run.source)
+                self.cluster.book(soft.node, soft.gpus, self.grace, end, holder)
+                self._close(soft.node, soft.gpus)
+
+    def _preempt(self, job: PendingJob, node: Node, gpus: tuple[Gpu, ...]) -> RunningJob | None:
+        """The job starts on GPUs of preemptible jobs behind it: ask them to stop. The first one, or None."""
+        first: RunningJob | None = None
+        for g in gpus:
+            soft = self.soft_gpus.get((node.name, g.index))
+            if soft is None:
+                continue
+            self.soft.remove(soft)
+            for other in soft.gpus:
+                del self.soft_gpus[(soft.node.name, other.index)]
+            self.preemptions.append(Preemption(soft.run.job_id, job.job_id))
+            first = first or soft.run
+        return first
+
+    def _close(self, node: Node, gpus: tuple[Gpu, ...]) -> None:
+        """Booked GPUs no longer free now: keep `open_gpus` in step."""
+        opened = self.open_gpus.get(node.name)
+        if opened is not None:
+            opened.difference_update([g.index for g in gpus if not g.free_for(0.0, _MIN_RUNTIME_S)])
+            if not opened:
+                del self.open_gpus[node.name]
 
     def estimate(self, step: _Step) -> Estimate:
         job, position, gpus_ahead, start, reason, holder, source, backfill = step
@@ -250,6 +333,14 @@ class Timeline:
         return any(sum(1 for g in n.gpus if g.free_for(start, length)) >= count for n in self.nodes)
 
 
+def _busy_from(gpu: Gpu, start: float) -> float:
+    """When the GPU is next booked from `start` on (INF: never; `start`: it is booked then)."""
+    if start >= gpu.tail:
+        return INF
+    i = gpu._hole_at(start)
+    return gpu.holes[i][1] if i >= 0 else start
+
+
 def _blocker(
     gpus: tuple[Gpu, ...], start: float, source: RuntimeSource
 ) -> tuple[Holder | None, RuntimeSource]:
@@ -279,9 +370,16 @@ def schedule(request: ScheduleRequest, *, estimates: bool = True) -> Decision:
         if not estimates and not timeline.open_now():
             break
         steps.append(timeline.add(job))
+    timeline.seat()
     found = {step.job.job_id: timeline.estimate(step) for step in steps} if estimates else {}
     return Decision(
-        placements=tuple(timeline.placements), estimates=found, timeline=timeline if estimates else None
+        placements=tuple(timeline.placements),
+        estimates=found,
+        timeline=timeline if estimates else None,
+        preemptions=tuple(timeline.preemptions),
+        preempt_at=None
+        if timeline.preempt_due == INF
+        else timeline.now + timedelta(seconds=timeline.preempt_due),
     )
 
 
@@ -300,25 +398,43 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
     return timeline.estimate(timeline.add(job, slot))
 
 
-def _build_nodes(request: ScheduleRequest) -> list[Node]:
+def _build_nodes(request: ScheduleRequest, grace: float) -> tuple[list[Node], list[_Soft]]:
+    """The online nodes, their GPUs booked until their running jobs should end; and the running preemptible
+    jobs that may be stopped (booked only until a stop would end them), in line order."""
     holders: dict[tuple[str, int], RunningJob] = {}
     for run in request.running:
         for index in run.gpu_indices:
             holders[(run.node, index)] = run
     nodes: list[Node] = []
+    soft: list[_Soft] = []
+    rules = request.rules
     for view in sorted(request.nodes, key=lambda n: n.name):
         if not view.online:
             continue
         gpus: list[Gpu] = []
+        stoppable: dict[int, tuple[RunningJob, float, list[Gpu]]] = {}
         for slot in sorted(view.gpus, key=lambda s: s.index):
             held_by = holders.get((view.name, slot.index))
             if held_by is not None:
                 holder = Holder(held_by.job_id, held_by.progress, held_by.source)
-                gpus.append(Gpu(slot.index, _running_end(held_by, request), holder))
+                end = _running_end(held_by, request)
+                if held_by.stopping:  # asked to stop: gone by the end of its grace at the latest
+                    end = min(end, grace)
+                elif held_by.preemptible and rules.backfill and end > grace:
+                    gpu = Gpu(slot.index, grace, holder)
+                    stoppable.setdefault(held_by.job_id, (held_by, end, []))[2].append(gpu)
+                    gpus.append(gpu)
+                    continue
+                gpus.append(Gpu(slot.index, end, holder))
             elif not slot.outside:
                 gpus.append(Gpu(slot.index, 0.0, None))
-        nodes.append(Node(view.name, gpus, len(view.gpus), view.links))
-    return nodes
+        node = Node(view.name, gpus, len(view.gpus), view.links)
+        nodes.append(node)
+        for run, end, held in stoppable.values():
+            key = line_key(run.priority_rank, run.user, run.seq, rules)
+            soft.append(_Soft(key, run, node, tuple(held), end))
+    soft.sort(key=lambda s: s.key)
+    return nodes, soft
 
 
 def _running_end(run: RunningJob, request: ScheduleRequest) -> float:

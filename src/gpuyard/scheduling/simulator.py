@@ -6,6 +6,12 @@ placements start at once. A job holds its GPUs for its trace runtime, or until i
 The policy sees what the controller would see: jobs carry their time limits and the runtimes history
 expects (learnt from the jobs that ended so far, as the controller learns them), never their true
 runtimes.
+
+A preemptible job the policy asks to stop gets SIGTERM, saves a checkpoint at once and holds its GPUs for
+the whole grace period (`Rules.preempt_grace_s`, the worst case), then waits in line again at its place.
+It resumes from the checkpoint: the next attempt runs what was left plus `restart_cost_s` (loading the
+checkpoint, warming up again). Work done in the grace period is lost. Each attempt has the job's time
+limit. A job whose natural end comes before the grace is over simply ends.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from gpuyard.scheduling.policy import expected_runtime, queue_order, schedule
 from gpuyard.scheduling.trace import Trace, TraceJob
 
 _HISTORY_RUNS = 200  # the finished runs the history is built from, newest first
+_RESTART_COST_S = 60.0  # what a resumed attempt spends before it is back where it stopped
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)  # simulated time 0: the trace's submit_s 0
 
@@ -41,8 +48,14 @@ class SimulationError(GpuyardError):
     code = "simulation_error"
 
 
-def simulate(trace: Trace, *, rules: Rules, default_runtime_s: float = 3600.0) -> SimResult:
-    sim = _Simulation(trace, rules=rules, default_runtime_s=default_runtime_s)
+def simulate(
+    trace: Trace,
+    *,
+    rules: Rules,
+    default_runtime_s: float = 3600.0,
+    restart_cost_s: float = _RESTART_COST_S,
+) -> SimResult:
+    sim = _Simulation(trace, rules=rules, default_runtime_s=default_runtime_s, restart_cost_s=restart_cost_s)
     sim.run()
     records = tuple(sim.record(job) for job in trace.jobs)
     figures = compute_figures(trace, records, delays_s=sim.delays_s, passes=sim.passes)
@@ -63,13 +76,26 @@ def cluster(trace: Trace) -> tuple[NodeView, ...]:
 
 
 class _Simulation:
-    def __init__(self, trace: Trace, *, rules: Rules, default_runtime_s: float) -> None:
+    def __init__(
+        self, trace: Trace, *, rules: Rules, default_runtime_s: float, restart_cost_s: float
+    ) -> None:
         self.trace, self.rules, self.default_runtime_s = trace, rules, default_runtime_s
+        self.restart_cost_s = restart_cost_s
         self.nodes = cluster(trace)
-        self.waiting: dict[int, TraceJob] = {}  # insertion order is submission order
+        self.waiting: dict[int, TraceJob] = {}
         self.running: dict[int, RunningJob] = {}
         self.busy: set[tuple[str, int]] = set()
-        self.ends: list[tuple[float, int]] = []  # heap of (end time, job id)
+        # Heap of (time, job id, token): the end of a job's attempt, or of its stop; only the entry with the
+        # job's current token counts (a stop replaces the natural end it comes before).
+        self.ends: list[tuple[float, int, int]] = []
+        self.wakes: list[float] = []  # heap: passes the policy asked for, to stop preemptible jobs in time
+        self.token: dict[int, int] = {}
+        self.natural_end_s: dict[int, float] = {}
+        self.stopped_at_s: dict[int, float] = {}  # SIGTERM time of the jobs being preempted
+        self.left_s: dict[int, float] = {job.job_id: job.runtime_s for job in trace.jobs}  # work not done
+        self.attempt_s: dict[int, float] = {}  # when the current attempt started
+        self.runs: dict[int, list[tuple[float, float]]] = {}
+        self.preempted: dict[int, int] = {}
         self.estimate_s: dict[int, float | None] = {}
         self.start_s: dict[int, float] = {}
         self.end_s: dict[int, float] = {}
@@ -88,7 +114,10 @@ class _Simulation:
             now = min(
                 jobs[submitted].submit_s if submitted < len(jobs) else float("inf"),
                 self.ends[0][0] if self.ends else float("inf"),
+                self.wakes[0] if self.wakes else float("inf"),
             )
+            while self.wakes and self.wakes[0] <= now:
+                heapq.heappop(self.wakes)
             self._finish_until(now)
             new: list[TraceJob] = []
             while submitted < len(jobs) and jobs[submitted].submit_s <= now:
@@ -104,18 +133,32 @@ class _Simulation:
             start_s=self.start_s.get(job.job_id),
             end_s=self.end_s.get(job.job_id),
             backfilled=job.job_id in self.backfilled,
+            runs=tuple(self.runs.get(job.job_id, ())),
+            preemptions=self.preempted.get(job.job_id, 0),
         )
 
     def _finish_until(self, now: float) -> None:
         while self.ends and self.ends[0][0] <= now:
-            end_s, job_id = heapq.heappop(self.ends)
+            end_s, job_id, token = heapq.heappop(self.ends)
+            if token != self.token[job_id]:
+                continue  # a natural end that a stop came before
             run = self.running.pop(job_id)
             for index in run.gpu_indices:
                 self.busy.discard((run.node, index))
-            self.end_s[job_id] = end_s
-            used = (end_s - self.start_s[job_id]) * len(run.gpu_indices)
+            began_s = self.attempt_s[job_id]
+            self.runs.setdefault(job_id, []).append((began_s, end_s))
+            used = (end_s - began_s) * len(run.gpu_indices)
             self.used_s[run.user] = self.used_s.get(run.user, 0.0) + used
-            self._learn(self.jobs_by_id[job_id], end_s - self.start_s[job_id])
+            job = self.jobs_by_id[job_id]
+            stopped_s = self.stopped_at_s.pop(job_id, None)
+            if stopped_s is not None:  # preempted: back in line with the work after its checkpoint to do
+                redo_s = self.restart_cost_s if len(self.runs[job_id]) > 1 else 0.0
+                self.left_s[job_id] -= max(0.0, stopped_s - began_s - redo_s)
+                self.preempted[job_id] = self.preempted.get(job_id, 0) + 1
+                self.waiting[job_id] = job
+                continue
+            self.end_s[job_id] = end_s
+            self._learn(job, sum(e - s for s, e in self.runs[job_id]))
 
     def _learn(self, job: TraceJob, runtime_s: float) -> None:
         """A job that ended teaches the history of runtimes, as finished jobs do in the controller."""
@@ -142,6 +185,11 @@ class _Simulation:
             estimate = decision.estimates.get(job.job_id)
             self.estimate_s[job.job_id] = seconds(estimate.start_at) if estimate else None
         self._measure_delays(request, decision, backfills)
+        for preemption in decision.preemptions:
+            self._stop(preemption.job_id, now)
+        due = seconds(decision.preempt_at)
+        if due is not None and (not self.wakes or due < self.wakes[0]):
+            heapq.heappush(self.wakes, max(due, now + 1.0))
         for placement in decision.placements:
             self._start(placement, now)
 
@@ -158,8 +206,9 @@ class _Simulation:
                     user=job.user, name=None, command=None, time_limit_s=job.time_limit_s
                 ),
                 waiting_s=now - job.submit_s,
+                preemptible=job.preemptible,
             )
-            for job in self.waiting.values()
+            for job in sorted(self.waiting.values(), key=lambda j: j.job_id)
         )
         rules = replace(self.rules, usage_s=self._usage(now)) if self.rules.fair_share else self.rules
         running = tuple(self.running.values())
@@ -206,6 +255,22 @@ class _Simulation:
                     delay_s = max(0.0, with_s - without_s)
                     self.delays_s[earlier.job_id] = max(self.delays_s.get(earlier.job_id, 0.0), delay_s)
 
+    def _stop(self, job_id: int, now: float) -> None:
+        """The policy asked for a preemptible job to stop: SIGTERM now, its GPUs free after the grace."""
+        run = self.running.get(job_id)
+        job = self.jobs_by_id.get(job_id)
+        if run is None or job is None or not job.preemptible:
+            raise SimulationError(f"at {now:g} s the policy preempted job {job_id}, which is not preemptible")
+        if run.stopping:
+            raise SimulationError(f"at {now:g} s the policy preempted job {job_id} a second time")
+        stop_s = now + self.rules.preempt_grace_s
+        end_at = min(run.expected_end_at, at(stop_s)) if run.expected_end_at else at(stop_s)
+        self.running[job_id] = replace(run, stopping=True, expected_end_at=end_at)
+        if stop_s < self.natural_end_s[job_id]:
+            self.stopped_at_s[job_id] = now
+            self.token[job_id] += 1
+            heapq.heappush(self.ends, (stop_s, job_id, self.token[job_id]))
+
     def _start(self, placement: Placement, now: float) -> None:
         job = self.waiting.pop(placement.job_id, None)
         if job is None:
@@ -223,6 +288,9 @@ class _Simulation:
         self.busy.update(gpus)
         limit_s = job.time_limit_s
         known = self.history.expected_runtime_s(user=job.user, name=None, command=None, time_limit_s=limit_s)
+        resumed = job.job_id in self.runs
+        if resumed and known is not None:  # what is left of it, as its progress reports would say
+            known = max(known - (job.runtime_s - self.left_s[job.job_id]), 0.0) + self.restart_cost_s
         expected_s, source = expected_runtime(
             known_s=known, time_limit_s=limit_s, default_runtime_s=self.default_runtime_s
         )
@@ -235,6 +303,15 @@ class _Simulation:
             source=source,
             started_at=at(now),
             time_limit_at=None if limit_s is None else at(now + limit_s),
+            preemptible=job.preemptible,
+            seq=job.job_id,
+            priority_rank=job.priority.rank,
         )
-        self.start_s[job.job_id] = now
-        heapq.heappush(self.ends, (now + job.actual_runtime_s, job.job_id))
+        self.start_s.setdefault(job.job_id, now)
+        self.attempt_s[job.job_id] = now
+        run_s = self.left_s[job.job_id] + (self.restart_cost_s if resumed else 0.0)
+        if limit_s is not None and run_s > limit_s:
+            run_s = limit_s  # killed at its limit
+        self.natural_end_s[job.job_id] = now + run_s
+        self.token[job.job_id] = self.token.get(job.job_id, 0) + 1
+        heapq.heappush(self.ends, (now + run_s, job.job_id, self.token[job.job_id]))

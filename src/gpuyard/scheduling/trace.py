@@ -8,10 +8,12 @@ A trace is a CSV-like text file, one job a line, after a header line:
     30,1,high,bob,600,
 
 `submit_s` is seconds from the start of the trace; `runtime_s` is how long the job really runs (it is killed
-at `time_limit_s` when that is shorter); an empty `time_limit_s` means none. `priority` is one of low, normal,
-high, urgent. Blank lines and lines starting with `#` are skipped; one optional `# nodes: NxG` line gives the
-cluster (N nodes of G GPUs each, default 1x4). Jobs may be listed in any order: they are sorted by
-`submit_s` (stable), and numbered 1, 2, … in that order.
+at `time_limit_s` when that is shorter); an empty `time_limit_s` means none. An optional seventh column,
+`preemptible`, says `yes` for a job that may be stopped and put back in line when a job ahead needs its GPUs
+(it resumes from a checkpoint: see `simulator`); empty or `no` for one that may not. `priority` is one of
+low, normal, high, urgent. Blank lines and lines starting with `#` are skipped; one optional `# nodes: NxG`
+line gives the cluster (N nodes of G GPUs each, default 1x4). Jobs may be listed in any order: they are
+sorted by `submit_s` (stable), and numbered 1, 2, … in that order.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from gpuyard.domain.errors import GpuyardError
 from gpuyard.domain.jobs import Priority
 
 HEADER = ("submit_s", "gpus", "priority", "user", "runtime_s", "time_limit_s")
+PREEMPTIBLE = "preemptible"  # the optional seventh column
+_YES, _NO = ("yes", "true", "1", "y"), ("no", "false", "0", "n", "")
 DEFAULT_NODES = 1
 DEFAULT_GPUS_PER_NODE = 4
 _NODES_DIRECTIVE = re.compile(r"#\s*nodes\s*:(.*)$", re.IGNORECASE)
@@ -47,6 +51,7 @@ class TraceJob:
     user: str
     runtime_s: float
     time_limit_s: float | None = None
+    preemptible: bool = False
     line: int = field(default=0, compare=False)  # where it came from, for messages
 
     @property
@@ -82,7 +87,7 @@ def parse_cluster(text: str) -> tuple[int, int]:
 def parse_trace(text: str, *, name: str) -> Trace:
     """Parse a trace; every refusal is a TraceError naming the trace, the line and the field."""
     cluster: tuple[int, int] | None = None
-    header_seen = False
+    columns: tuple[str, ...] | None = None
     jobs: list[TraceJob] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -95,12 +100,11 @@ def parse_trace(text: str, *, name: str) -> Trace:
                     raise TraceError(f"{name}, line {number}: a second `# nodes:` line; keep only one.")
                 cluster = _cluster_at(directive[1], name=name, number=number)
             continue
-        if not header_seen:
-            _check_header(line, name=name, number=number)
-            header_seen = True
+        if columns is None:
+            columns = _check_header(line, name=name, number=number)
             continue
-        jobs.append(_parse_job(line, name=name, number=number))
-    if not header_seen or not jobs:
+        jobs.append(_parse_job(line, columns, name=name, number=number))
+    if columns is None or not jobs:
         raise TraceError(f"{name}: no jobs; give the header line {','.join(HEADER)} and one job a line.")
     nodes, gpus_per_node = cluster or (DEFAULT_NODES, DEFAULT_GPUS_PER_NODE)
     return with_cluster(Trace(name, tuple(jobs), 1, 1), nodes=nodes, gpus_per_node=gpus_per_node)
@@ -121,11 +125,14 @@ def with_cluster(trace: Trace, *, nodes: int, gpus_per_node: int) -> Trace:
 
 def format_trace(trace: Trace) -> str:
     """The trace as text that `parse_trace` reads back to an equal trace."""
-    lines = [f"# nodes: {trace.nodes}x{trace.gpus_per_node}", ",".join(HEADER)]
+    preemptible = any(job.preemptible for job in trace.jobs)
+    header = (*HEADER, PREEMPTIBLE) if preemptible else HEADER
+    lines = [f"# nodes: {trace.nodes}x{trace.gpus_per_node}", ",".join(header)]
     for job in trace.jobs:
         limit = "" if job.time_limit_s is None else _number(job.time_limit_s)
         fields = (_number(job.submit_s), str(job.gpus), job.priority.value, job.user, _number(job.runtime_s))
-        lines.append(",".join((*fields, limit)))
+        more = (("yes" if job.preemptible else "no"),) if preemptible else ()
+        lines.append(",".join((*fields, limit, *more)))
     return "\n".join(lines) + "\n"
 
 
@@ -140,19 +147,25 @@ def _cluster_at(text: str, *, name: str, number: int) -> tuple[int, int]:
         raise TraceError(f"{name}, line {number}: nodes: {e.detail}") from None
 
 
-def _check_header(line: str, *, name: str, number: int) -> None:
-    if tuple(f.strip() for f in line.split(",")) != HEADER:
-        raise TraceError(f"{name}, line {number}: expected the header line {','.join(HEADER)}, not {line!r}.")
+def _check_header(line: str, *, name: str, number: int) -> tuple[str, ...]:
+    columns = tuple(f.strip() for f in line.split(","))
+    if columns not in (HEADER, (*HEADER, PREEMPTIBLE)):
+        raise TraceError(
+            f"{name}, line {number}: expected the header line {','.join(HEADER)} (and, optionally, "
+            f",{PREEMPTIBLE}), not {line!r}."
+        )
+    return columns
 
 
-def _parse_job(line: str, *, name: str, number: int) -> TraceJob:
+def _parse_job(line: str, columns: tuple[str, ...], *, name: str, number: int) -> TraceJob:
     fields = [f.strip() for f in line.split(",")]
     where = f"{name}, line {number}"
-    if len(fields) != len(HEADER):
+    if len(fields) != len(columns):
         raise TraceError(
-            f"{where}: expected {len(HEADER)} fields ({','.join(HEADER)}), found {len(fields)}: {line!r}."
+            f"{where}: expected {len(columns)} fields ({','.join(columns)}), found {len(fields)}: {line!r}."
         )
-    submit, gpus, priority, user, runtime, limit = fields
+    submit, gpus, priority, user, runtime, limit = fields[:6]
+    preemptible = _yes_no(fields[6], where=where) if len(fields) > 6 else False
     submit_s = _seconds(submit, field_name="submit_s", where=where)
     if submit_s < 0:
         raise TraceError(f"{where}: submit_s must be 0 or more, not {submit!r}.")
@@ -166,6 +179,7 @@ def _parse_job(line: str, *, name: str, number: int) -> TraceJob:
         user=user,
         runtime_s=_positive(runtime, field_name="runtime_s", where=where),
         time_limit_s=_positive(limit, field_name="time_limit_s", where=where) if limit else None,
+        preemptible=preemptible,
         line=number,
     )
     return job
@@ -204,3 +218,11 @@ def _priority(text: str, *, where: str) -> Priority:
     except ValueError:
         names = ", ".join(p.value for p in Priority)
         raise TraceError(f"{where}: priority {text!r} is unknown; use one of {names}.") from None
+
+
+def _yes_no(text: str, *, where: str) -> bool:
+    if text.lower() in _YES:
+        return True
+    if text.lower() in _NO:
+        return False
+    raise TraceError(f"{where}: {PREEMPTIBLE} must be yes or no (or empty for no), not {text!r}.")

@@ -187,8 +187,8 @@ class Timeline:
         length = guaranteed if guaranteed > _MIN_RUNTIME_S else _MIN_RUNTIME_S
         if job.preemptible and self.backfill:
             # A gap it can use for a while before a stop ends it there (or long enough for what it should
-            # take), and never shorter than a stop takes, unless its time limit ends it sooner.
-            length = min(length, max(min(runtime, self.min_run + self.grace), self.grace))
+            # take), and always longer than a stop takes, unless its time limit ends it sooner.
+            length = min(length, max(min(runtime, self.min_run + self.grace), self.grace + _MIN_RUNTIME_S))
         fit = self.cluster.earliest_fit(job.gpus, length, floor)
         return _Slot(runtime, source, guaranteed, user_floor, fit)
 

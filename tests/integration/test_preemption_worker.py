@@ -1,13 +1,18 @@
 """Preemption on a worker: the stop a preemption sends (reason `preempted`, a grace period of its own)
 reaches the job as SIGTERM, with SIGKILL only after that grace; a cancel that follows wins, at the cancel's
 grace; a preemption that overtakes its dispatch keeps the job from starting; what the job sees
-(GPUYARD_PREEMPTIBLE, GPUYARD_CHECKPOINT_DIR).
+(GPUYARD_PREEMPTIBLE, GPUYARD_CHECKPOINT_DIR). Then the example job: it saves a checkpoint on SIGTERM and
+resumes from it.
 
 The worker runs in-process with fake GPUs (its kill grace is 1 s) and real supervised job processes; what
 it would publish is recorded (as in test_worker_dispatch.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +25,8 @@ from gpuyard.entrypoints.worker.agent import Worker
 from tests.integration.test_worker_dispatch import Events, until, worker
 
 pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_digits.py"
 
 
 def dispatch(job_id: int, script: str, *, preemptible: bool = False) -> dict[str, Any]:
@@ -100,3 +107,32 @@ async def test_a_preemption_that_overtakes_its_dispatch_keeps_the_job_from_start
     await until(lambda: len(events.of("finished")) == 2)
     assert events.of("started") == [] and output(agent, 7) == ""
     await agent.shutdown()
+
+
+def test_the_example_saves_a_checkpoint_on_sigterm_and_resumes_from_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUYARD_")}
+    env["GPUYARD_CHECKPOINT_DIR"] = str(tmp_path)
+    command = [sys.executable, str(EXAMPLE), "--epoch-sleep", "0.05", "--checkpoint-every", "1000"]
+    first = subprocess.Popen(
+        [*command, "--epochs", "500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert first.stdout is not None
+    lines = []
+    for line in first.stdout:  # it prints a line per epoch: stop it once it is training
+        lines.append(line)
+        if line.startswith("epoch 3/"):
+            first.send_signal(signal.SIGTERM)
+            break
+    rest, _ = first.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert first.returncode == 143, text
+    assert "checkpoint saved after epoch" in text and "stopped by SIGTERM" in text
+    saved = int(text.split("checkpoint saved after epoch ")[1].split()[0])
+    assert saved >= 3 and (tmp_path / "digits.pt").exists()
+
+    second = subprocess.run(
+        [*command, "--epochs", str(saved + 2)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"after epoch {saved}" in second.stdout and f"epoch {saved + 1}/{saved + 2}" in second.stdout
+    assert "epoch 1/" not in second.stdout, "it resumed rather than starting over"

@@ -4,14 +4,22 @@ Runs on the GPUs gpuyard assigned (CUDA_VISIBLE_DEVICES) when there are real one
 Prints loss and accuracy each epoch, reports progress with gpuyard.report, and writes TensorBoard scalars
 to $GPUYARD_TB_DIR when TensorBoard's writer is available. Nothing is downloaded.
 
+With $GPUYARD_CHECKPOINT_DIR set (gpuyard sets it: one folder per job, kept across attempts) it saves a
+checkpoint (model, optimizer, epoch) every few epochs and on SIGTERM, then exits, and it resumes from the
+checkpoint when one is there: a preempted, cancelled-and-requeued or retried run picks up where it stopped.
+
     gpuyard submit --gpus 1 --name digits -- python examples/train_digits.py --epochs 20
+    gpuyard submit --gpus 1 --preemptible -- python examples/train_digits.py --epochs 200 --epoch-sleep 1
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 import time
+from pathlib import Path
 
 import torch
 from sklearn.datasets import load_digits
@@ -34,7 +42,46 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epoch-sleep", type=float, default=0.0, help="Slow each epoch down (demos).")
+    parser.add_argument("--checkpoint-every", type=int, default=5, help="Epochs between checkpoints.")
     return parser.parse_args()
+
+
+class Checkpoints:
+    """The job's checkpoint in $GPUYARD_CHECKPOINT_DIR (nothing is saved without it), and SIGTERM: the
+    training loop asks `stop_requested` after each batch, saves, and exits."""
+
+    def __init__(self) -> None:
+        folder = os.environ.get("GPUYARD_CHECKPOINT_DIR")
+        self.path = Path(folder) / "digits.pt" if folder else None
+        self.stop_requested = False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """The last epoch done (0: none), with model and optimizer restored from the checkpoint."""
+        if self.path is None or not self.path.exists():
+            return 0
+        state = torch.load(self.path, map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        print(f"resumed from {self.path} after epoch {state['epoch']}", flush=True)
+        return int(state["epoch"])
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, tmp)
+        os.replace(tmp, self.path)  # a stop in the middle never leaves half a checkpoint
+        print(f"checkpoint saved after epoch {epoch}", flush=True)
+
+    def stop(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        """Stopped (preempted, cancelled): keep what is done, and go."""
+        self.save(model, optimizer, epoch)
+        print(f"stopped by SIGTERM after epoch {epoch}", flush=True)
+        sys.exit(143)
 
 
 def tensorboard_writer():  # type: ignore[no-untyped-def]
@@ -70,8 +117,11 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
     writer = tensorboard_writer()
+    checkpoints = Checkpoints()
+    done = checkpoints.load(model, optimizer)
+    accuracy = float("nan")
 
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(done + 1, args.epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(x_train), device=device)
@@ -83,6 +133,8 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(batch)
+            if checkpoints.stop_requested:
+                checkpoints.stop(model, optimizer, epoch - 1)
         model.eval()
         with torch.no_grad():
             accuracy = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
@@ -96,8 +148,12 @@ def main() -> None:
         if writer is not None:
             writer.add_scalar("loss/train", train_loss, epoch)
             writer.add_scalar("accuracy/test", accuracy, epoch)
+        if epoch % args.checkpoint_every == 0 or epoch == args.epochs:
+            checkpoints.save(model, optimizer, epoch)
         if args.epoch_sleep:
             time.sleep(args.epoch_sleep)
+        if checkpoints.stop_requested:
+            checkpoints.stop(model, optimizer, epoch)
     if writer is not None:
         writer.close()
     print(f"final accuracy={accuracy:.4f}", flush=True)

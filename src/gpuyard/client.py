@@ -91,6 +91,7 @@ class Client:
         time_limit_s: int | None = None,
         max_attempts: int | None = None,
         retry_on: Sequence[str] = (),
+        preemptible: bool = False,
     ) -> dict[str, Any]:
         body = {
             "command": command if isinstance(command, str) else list(command),
@@ -102,6 +103,7 @@ class Client:
             "time_limit_s": time_limit_s,
             "max_attempts": max_attempts,
             "retry_on": list(retry_on),
+            "preemptible": preemptible,
         }
         result: dict[str, Any] = self._request("POST", "/api/v1/jobs", json=body)
         return result

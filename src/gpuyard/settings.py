@@ -59,6 +59,18 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Wait before retrying a failed attempt; doubles per failure, up to 10 min."
     )
     kill_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel or time-out.")
+    preempt_grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="SIGTERM to SIGKILL delay when a preemptible job is stopped for a job ahead of it in "
+        "line: time to save a checkpoint.",
+    )
+    preempt_min_run_s: float = Field(
+        600.0,
+        ge=0,
+        description="A preemptible job starts ahead of earlier jobs only in a gap at least this long (or its "
+        "planned runtime, if shorter).",
+    )
     stop_jobs_on_exit: bool = Field(
         False,
         description="A worker that stops also stops its jobs. Unset, they keep running under their "

@@ -35,11 +35,10 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
         await database.dispose()
 
 
-async def add_job(db: Database, user_id: int, *, gpus: int = 1) -> int:
+async def add_job(db: Database, user_id: int, *, gpus: int = 1, preemptible: bool = False) -> int:
     async with db.write() as conn:
-        (job_id,) = await jobs_repo.insert_jobs(
-            conn, [(make_spec(command=["true"], gpus=gpus), user_id)], now=NOW
-        )
+        spec = make_spec(command=["true"], gpus=gpus, preemptible=preemptible)
+        (job_id,) = await jobs_repo.insert_jobs(conn, [(spec, user_id)], now=NOW)
         return job_id
 
 
@@ -139,6 +138,83 @@ async def test_an_attempt_is_closed_once_and_a_late_end_changes_nothing(db: Data
         and attempt["ended_at"] == NOW
         and attempt["exit_code"] is None
     )
+
+
+async def test_a_preemption_is_asked_once_of_a_running_preemptible_attempt_and_ends_with_it(
+    db: Database,
+) -> None:
+    user_id = await add_user(db)
+    job_id, plain = await add_job(db, user_id, preemptible=True), await add_job(db, user_id)
+    later = NOW + timedelta(seconds=5)
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+    assert job is not None and (job["preemptible"], job["preemptions"], job["preempt_requested_at"]) == (
+        True,
+        0,
+        None,
+    )
+    async with db.write() as conn:
+        waiting = await jobs_repo.request_preemption(conn, job_id=job_id, attempt=0, now=NOW)
+        for each in (job_id, plain):
+            await jobs_repo.dispatch(conn, job_id=each, node="n", gpu_indices=[0], gpu_uuids=["u"], now=NOW)
+        stale = await jobs_repo.request_preemption(conn, job_id=job_id, attempt=2, now=NOW)
+        not_preemptible = await jobs_repo.request_preemption(conn, job_id=plain, attempt=1, now=NOW)
+        first = await jobs_repo.request_preemption(conn, job_id=job_id, attempt=1, now=NOW)
+        again = await jobs_repo.request_preemption(conn, job_id=job_id, attempt=1, now=later)
+        started = await jobs_repo.transition(
+            conn, job_id=job_id, attempt=1, sources={JobState.DISPATCHED}, target=JobState.RUNNING, now=NOW
+        )
+        pending = (await jobs_repo.get_job(conn, job_id) or {})["preempt_requested_at"]
+        back = await jobs_repo.transition(
+            conn, job_id=job_id, attempt=1, sources=ACTIVE_STATES, target=JobState.QUEUED, now=later
+        )
+        job = await jobs_repo.get_job(conn, job_id)
+    assert (waiting, stale, not_preemptible, first, again, started, back) == (
+        False,
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+    )
+    assert pending == NOW, "still asked for while it runs"
+    assert job is not None and job["preempt_requested_at"] is None, "it ends with the attempt"
+    async with db.write() as conn:
+        await jobs_repo.request_cancel(conn, job_id=job_id, now=later)
+        await jobs_repo.dispatch(conn, job_id=job_id, node="n", gpu_indices=[0], gpu_uuids=["u"], now=later)
+        cancelling = await jobs_repo.request_preemption(conn, job_id=job_id, attempt=2, now=later)
+    assert cancelling is False, "a job being cancelled is not preempted too"
+
+
+async def test_the_preemption_migration_goes_down_and_up_again(db: Database) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import Connection
+
+    from gpuyard.adapters.db.migrate import alembic_config
+
+    user_id = await add_user(db)
+    job_id = await add_job(db, user_id, preemptible=True)
+
+    def run(sync_conn: Connection, revision: str) -> list[str]:
+        config = alembic_config()
+        config.attributes["connection"] = sync_conn
+        if revision == "0005":
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
+        return [c["name"] for c in inspect(sync_conn).get_columns("jobs")]
+
+    async with db.engine.connect() as conn:
+        down = await conn.run_sync(run, "0005")
+        up = await conn.run_sync(run, "head")
+        await conn.commit()
+    new = {"preemptible", "preemptions", "preempt_requested_at"}
+    assert not new & set(down) and new <= set(up)
+    async with db.read() as conn:
+        job = await jobs_repo.get_job(conn, job_id)
+    assert job is not None and (job["preemptible"], job["preemptions"]) == (False, 0), "defaults for old rows"
 
 
 async def test_log_chunks_are_idempotent_and_read_in_order(db: Database) -> None:

@@ -112,3 +112,43 @@ def test_running_jobs_carry_their_start_and_when_their_time_limit_stops_them(
     began = started_at or dispatched_at
     assert run.started_at == began
     assert run.time_limit_at == (None if limit_s is None else began + timedelta(seconds=limit_s))
+
+
+def test_preemptible_jobs_and_the_preemption_rules_reach_the_policy() -> None:
+    from gpuyard.services.scheduler import SchedulingConfig, build_request
+
+    running = {
+        "id": 7,
+        "node": "box",
+        "gpu_indices": [0],
+        "user": "ann",
+        "name": "train",
+        "argv": ["python", "train.py"],
+        "time_limit_s": None,
+        "dispatched_at": T0,
+        "started_at": T0,
+        "progress_step": None,
+        "progress_total": None,
+        "priority_rank": 0,
+        "preemptible": True,
+        "preempt_requested_at": None,
+        "cancel_requested_at": None,
+    }
+    stopping = {**running, "id": 8, "gpu_indices": [1], "preemptible": False, "cancel_requested_at": T0}
+    waiting = {
+        "id": 9,
+        "gpus": 1,
+        "priority_rank": 1,
+        "user": "bo",
+        "name": "w",
+        "time_limit_s": None,
+        "submitted_at": T0,
+        "preemptible": True,
+    }
+    config = SchedulingConfig(preempt_grace_s=5.0, preempt_min_run_s=30.0)
+    request = build_request(now=T0, pending=[waiting], active=[running, stopping], nodes=[], config=config)
+    first, second = request.running
+    assert (first.preemptible, first.seq, first.priority_rank, first.stopping) == (True, 7, 0, False)
+    assert (second.preemptible, second.stopping) == (False, True), "a cancel asked for: it is stopping"
+    assert request.pending[0].preemptible is True
+    assert (request.rules.preempt_grace_s, request.rules.preempt_min_run_s) == (5.0, 30.0)

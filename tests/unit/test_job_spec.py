@@ -54,6 +54,7 @@ VALID = [
     pytest.param({"time_limit_s": 1}, id="limit-1s"),
     pytest.param({"time_limit_s": MAX_TIME_LIMIT_S}, id="limit-max"),
     pytest.param({"time_limit_s": None}, id="no-limit"),
+    pytest.param({"preemptible": True}, id="preemptible"),
 ]
 
 
@@ -85,6 +86,8 @@ def test_a_valid_spec_keeps_what_was_asked() -> None:
         time_limit_s=3600,
     )
     assert spec.display_command == "python train.py --lr 0.1"
+    assert spec.preemptible is False
+    assert submit(command=["true"], gpus=1, preemptible=True).preemptible is True
 
 
 # --- invalid submissions: (overrides, a word the message must contain) -------------------------------
@@ -140,6 +143,7 @@ INVALID = [
     pytest.param({"time_limit_s": True}, "time_limit_s", id="limit-bool"),
     pytest.param({"time_limit_s": 1.5}, "time_limit_s", id="limit-float"),
     pytest.param({"time_limit_s": MAX_TIME_LIMIT_S + 1}, "time_limit_s", id="limit-too-large"),
+    pytest.param({"preemptible": "yes"}, "preemptible", id="preemptible-not-bool"),
     # JSON carries a NUL character and lone surrogates ("\ud800"), which no database, file or process takes
     pytest.param({"command": "echo \ud800"}, "command", id="cmd-str-surrogate"),
     pytest.param({"command": ["echo", "\udfff"]}, "command", id="cmd-list-surrogate"),

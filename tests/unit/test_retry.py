@@ -6,7 +6,7 @@ import pytest
 
 from gpuyard.domain.errors import InvalidJobSpec
 from gpuyard.domain.jobs import FailureClass as F
-from gpuyard.domain.retry import backoff_s, check_max_attempts, decide, parse_retry_on
+from gpuyard.domain.retry import backoff_s, check_max_attempts, decide, end_class, parse_retry_on
 
 NONE: frozenset[F] = frozenset()
 
@@ -27,6 +27,9 @@ NONE: frozenset[F] = frozenset()
         (F.OOM, 1, 3, frozenset({F.EXIT_NONZERO}), False, 0.0, False),  # asked for another class only
         (F.CANCELLED, 1, 3, frozenset({F.EXIT_NONZERO}), False, 0.0, False),  # never
         (F.NODE_LOST, 1, 1, NONE, False, 0.0, True),  # max_attempts 1: no second try
+        (F.PREEMPTED, 1, 3, NONE, True, 0.0, False),  # preempted: back in line at once
+        (F.PREEMPTED, 3, 3, NONE, True, 0.0, False),  # whatever the budget: never a dead letter
+        (F.PREEMPTED, 1, 1, frozenset({F.EXIT_NONZERO}), True, 0.0, False),
     ],
 )
 def test_what_follows_a_failed_attempt(
@@ -55,6 +58,8 @@ def test_retry_on_takes_the_job_s_own_failure_classes_only() -> None:
         parse_retry_on(["node_lost"])
     with pytest.raises(InvalidJobSpec, match="never retried"):
         parse_retry_on(["cancelled"])
+    with pytest.raises(InvalidJobSpec, match="preempted job always goes back in line"):
+        parse_retry_on(["preempted"])
     with pytest.raises(InvalidJobSpec, match="Unknown failure class 'segfault'.*exit_nonzero"):
         parse_retry_on(["segfault"])
 
@@ -65,3 +70,25 @@ def test_max_attempts_is_at_least_one_and_under_the_cap() -> None:
         check_max_attempts(0, cap=5)
     with pytest.raises(InvalidJobSpec, match="at most 5"):
         check_max_attempts(6, cap=5)
+
+
+@pytest.mark.parametrize(
+    ("reported", "preempting", "cancelling", "ends_as"),
+    [
+        (F.PREEMPTED, True, False, F.PREEMPTED),  # stopped by the preemption, whatever its exit
+        (F.EXIT_NONZERO, True, False, F.PREEMPTED),  # exited non-zero on (or just before) the SIGTERM
+        (F.OOM, True, False, F.PREEMPTED),
+        (None, True, False, None),  # succeeded before the stop reached it: a success
+        (F.TIMEOUT, True, False, F.TIMEOUT),  # its time limit stopped it first
+        (F.NODE_LOST, True, False, F.NODE_LOST),  # lost meanwhile: the lost handling
+        (F.PREEMPTED, True, True, F.CANCELLED),  # a cancel wins over a preemption
+        (F.EXIT_NONZERO, True, True, F.EXIT_NONZERO),
+        (F.CANCELLED, True, True, F.CANCELLED),
+        (F.EXIT_NONZERO, False, False, F.EXIT_NONZERO),  # no stop asked: as reported
+        (F.PREEMPTED, False, True, F.CANCELLED),
+    ],
+)
+def test_how_an_attempt_that_was_asked_to_stop_ends(
+    reported: F | None, preempting: bool, cancelling: bool, ends_as: F | None
+) -> None:
+    assert end_class(reported, preempting=preempting, cancelling=cancelling) is ends_as

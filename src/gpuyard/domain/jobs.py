@@ -78,6 +78,7 @@ class FailureClass(StrEnum):
     NODE_LOST = "node_lost"
     GPU_UNAVAILABLE = "gpu_unavailable"
     LAUNCH_ERROR = "launch_error"
+    PREEMPTED = "preempted"  # stopped to give its GPUs to a job ahead of it in line: not a failure
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class JobSpec:
     time_limit_s: int | None = None
     max_attempts: int | None = None  # None: the service's default
     retry_on: frozenset[FailureClass] = frozenset()  # its own failures it wants retried
+    preemptible: bool = False  # may be stopped (and put back in its place) when a job ahead needs its GPUs
 
     @property
     def display_command(self) -> str:
@@ -138,6 +140,7 @@ def make_spec(
     time_limit_s: int | None = None,
     max_attempts: int | None = None,
     retry_on: Sequence[str] = (),
+    preemptible: bool = False,
 ) -> JobSpec:
     """Validate a submission; every refusal says what to change. (The admins' cap on `max_attempts` is the
     service's to check.)"""
@@ -181,6 +184,7 @@ def make_spec(
         time_limit_s=time_limit_s,
         max_attempts=max_attempts,
         retry_on=parse_retry_on(retry_on),
+        preemptible=_check_flag(preemptible, "preemptible"),
     )
 
 
@@ -205,6 +209,12 @@ def _check_env(env: Mapping[str, str]) -> dict[str, str]:
             )
         clean[key] = value
     return clean
+
+
+def _check_flag(value: bool, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidJobSpec(f"{what} must be true or false, not {quote(value)}.")
+    return value
 
 
 def _check_text(text: str, what: str) -> None:

@@ -6,6 +6,9 @@ backoff, up to the job's `max_attempts`. Failures of the job itself (exit code, 
 a launch error such as a missing working directory) are not, unless the job asked for it with `retry_on`.
 A cancelled attempt is never retried. A `gpu_unavailable` attempt never ran, so it does not use up the
 job's attempts. A job that used up its attempts on failures that were to be retried is dead-lettered.
+
+A `preempted` attempt is no failure: a preemptible job gave its GPUs to a job ahead of it in line. It goes
+back to its place at once, whatever its budget, and the attempt does not use it up.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from gpuyard.domain.jobs import FailureClass
 F = FailureClass
 INFRASTRUCTURE = frozenset({F.NODE_LOST, F.GPU_UNAVAILABLE})
 USER_RETRYABLE = frozenset({F.EXIT_NONZERO, F.OOM, F.TIMEOUT, F.LAUNCH_ERROR})
-NOT_COUNTED = frozenset({F.GPU_UNAVAILABLE})  # never started: does not use up an attempt
+# never started, or stopped for a job ahead in line: does not use up an attempt
+NOT_COUNTED = frozenset({F.GPU_UNAVAILABLE, F.PREEMPTED})
+# How an attempt stopped for a preemption may end besides `preempted`: exiting non-zero on the SIGTERM.
+_ENDS_OF_A_STOP = frozenset({F.EXIT_NONZERO, F.OOM})
 DEFAULT_MAX_ATTEMPTS = 3
 BACKOFF_BASE_S = 10.0
 BACKOFF_MAX_S = 600.0
@@ -50,6 +56,8 @@ def parse_retry_on(values: Iterable[str]) -> frozenset[FailureClass]:
                 + (
                     "infrastructure failures are always retried."
                     if failure in INFRASTRUCTURE
+                    else "a preempted job always goes back in line."
+                    if failure is F.PREEMPTED
                     else "a cancelled job is never retried."
                 )
             )
@@ -81,6 +89,8 @@ def decide(
     """`counted_attempts`: the attempts that used up the budget so far, this one included."""
     if failure is F.CANCELLED:
         return RetryDecision(False)
+    if failure is F.PREEMPTED:
+        return RetryDecision(True, 0.0, reason="preempted: it goes back to its place in line")
     wanted = failure in INFRASTRUCTURE or failure in retry_on
     if not wanted:
         return RetryDecision(False)
@@ -96,3 +106,15 @@ def decide(
     return RetryDecision(
         True, delay_s, reason=f"{failure.value}: attempt {counted_attempts + 1} of {max_attempts} follows"
     )
+
+
+def end_class(failure: FailureClass | None, *, preempting: bool, cancelling: bool) -> FailureClass | None:
+    """The failure class an attempt ends with, given the stops the controller asked for (`preempting`: a
+    stop for a preemption; `cancelling`: a cancel). A cancel wins over a preemption. An attempt being
+    preempted that exits non-zero (on the SIGTERM, or just before it) was ended by the preemption; one
+    that succeeded first, ran out of time first, or was lost keeps what it reported."""
+    if failure is F.PREEMPTED and cancelling:
+        return F.CANCELLED
+    if preempting and not cancelling and failure in _ENDS_OF_A_STOP:
+        return F.PREEMPTED
+    return failure

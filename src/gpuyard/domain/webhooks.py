@@ -12,7 +12,15 @@ from urllib.parse import urlsplit
 from gpuyard.domain.errors import InvalidWebhook
 from gpuyard.domain.text import quote
 
-EVENTS = ("job.started", "job.finished", "job.failed", "job.cancelled", "job.dead_lettered", "job.idle_gpu")
+EVENTS = (
+    "job.started",
+    "job.finished",
+    "job.failed",
+    "job.cancelled",
+    "job.dead_lettered",
+    "job.idle_gpu",
+    "job.preempted",
+)
 FORMATS = ("json", "slack")
 SIGNATURE_HEADER = "X-Gpuyard-Signature"
 MAX_RETRY_DELAY_S = 3600.0
@@ -81,6 +89,8 @@ def summary(event: str, job: dict[str, Any]) -> str:
     if event == "job.failed":
         why = job.get("failure_class") or job["state"]
         return f"gpuyard: {who} failed ({why}, exit code {job.get('exit_code')})"
+    if event == "job.preempted":
+        return f"gpuyard: {who} was preempted for a job ahead of it: it is back in its place in line"
     if event == "job.dead_lettered":
         return f"gpuyard: {who} was dead-lettered: {job.get('error') or 'it cannot run'}"
     return f"gpuyard: {who} {job['state']}"

@@ -15,6 +15,7 @@ from gpuyard.adapters.db import jobs_repo, repo
 from gpuyard.adapters.db.engine import Database
 from gpuyard.adapters.db.tables import attempts, job_progress
 from gpuyard.domain.jobs import ACTIVE_STATES, FailureClass, JobState
+from gpuyard.domain.retry import end_class
 from gpuyard.domain.transitions import sources_of
 from gpuyard.domain.webhooks import END_EVENTS
 from gpuyard.services.leases import LeaseService
@@ -32,6 +33,28 @@ _OUTCOME = {
     "cancelled": JobState.CANCELLED,
     "timed_out": JobState.TIMED_OUT,
 }
+
+
+def end_of(event: Finished, job: dict[str, Any]) -> tuple[FailureClass | None, JobState, str | None]:
+    """How a reported end ends the job's attempt: (failure class, state it is reported as, detail). As the
+    worker says, except where the controller had asked for a stop it may not have seen through
+    (domain/retry.py `end_class`): a cancel wins over a preemption, and an attempt being preempted that
+    exits non-zero was stopped by it. A preempted attempt is reported `failed`; the retry policy puts the
+    job back in line."""
+    reported = FailureClass(event.failure_class) if event.failure_class else None
+    current = job["attempt"] == event.attempt
+    failure = end_class(
+        reported,
+        preempting=current and job.get("preempt_requested_at") is not None,
+        cancelling=current and job.get("cancel_requested_at") is not None,
+    )
+    detail = event.detail if failure is reported else None
+    if failure is FailureClass.CANCELLED:
+        return failure, JobState.CANCELLED, detail
+    if failure is FailureClass.PREEMPTED:
+        detail = detail or "stopped to give its GPUs to a job ahead of it in line"
+        return failure, JobState.FAILED, detail
+    return failure, _OUTCOME[event.outcome], detail
 
 
 class EventService:
@@ -161,13 +184,13 @@ class EventService:
             self._kick_webhooks()
 
     async def _finished(self, event: Finished) -> None:
-        failure = FailureClass(event.failure_class) if event.failure_class else None
-        final = _OUTCOME[event.outcome]
         now = self._clock()
         async with self._db.write() as conn:
             job = await jobs_repo.get_job(conn, event.job_id)
             if job is None:
                 raise ValueError(f"an end reported for job {event.job_id}, which does not exist")
+            failure, final, detail = end_of(event, job)
+            failure_class = failure.value if failure else None
             closed = await jobs_repo.close_attempt(
                 conn,
                 job_id=event.job_id,
@@ -175,7 +198,7 @@ class EventService:
                 ended_at=event.at,
                 exit_code=event.exit_code,
                 signal=event.signal,
-                failure_class=event.failure_class,
+                failure_class=failure_class,
             )
             if not closed:  # reported twice, or after its lease had run out: it was dealt with then
                 state = None
@@ -194,7 +217,7 @@ class EventService:
                     final_state=final,
                     at=event.at,
                     now=now,
-                    values={"exit_code": event.exit_code, "error": event.detail},
+                    values={"exit_code": event.exit_code, "error": detail},
                 )
             else:
                 moved = await jobs_repo.transition(
@@ -206,15 +229,15 @@ class EventService:
                     now=now,
                     finished_at=event.at,
                     exit_code=event.exit_code,
-                    failure_class=event.failure_class,
-                    error=event.detail,
+                    failure_class=failure_class,
+                    error=detail,
                 )
                 state = final if moved else None
             if state is not None and state is not JobState.QUEUED:
                 started_at = job["started_at"]
                 self._telemetry.job_finished(
                     state=state.value,
-                    failure_class=event.failure_class,
+                    failure_class=failure_class,
                     run_s=(event.at - started_at).total_seconds() if started_at else None,
                 )
                 ended = {
@@ -222,8 +245,8 @@ class EventService:
                     "state": state.value,
                     "finished_at": event.at,
                     "exit_code": event.exit_code,
-                    "failure_class": event.failure_class,
-                    "error": event.detail,
+                    "failure_class": failure_class,
+                    "error": detail,
                 }
                 await self._notify(conn, END_EVENTS[state.value], ended)
         self._last_point_at.pop((event.job_id, event.attempt), None)

@@ -51,6 +51,7 @@ _UNSET_AT_SUBMIT = (
     "node",
     "gpu_indices",
     "held_at",
+    "preempt_requested_at",
 )
 
 

@@ -36,6 +36,8 @@ class Telemetry(Protocol):
 
     def job_retried(self, *, failure_class: str) -> None: ...
 
+    def job_preempted(self) -> None: ...
+
     def webhook_delivery(self, *, outcome: str) -> None: ...
 
 
@@ -55,6 +57,9 @@ class NoTelemetry:
         pass
 
     def job_retried(self, *, failure_class: str) -> None:
+        pass
+
+    def job_preempted(self) -> None:
         pass
 
     def webhook_delivery(self, *, outcome: str) -> None:

@@ -1,6 +1,7 @@
 """The thin shell around the retry policy (domain/retry.py): after a failed attempt, in the transaction that
 records it, the job goes back in line (keeping its place, not before its backoff) or ends, and a job that
-used up its attempts is dead-lettered with its log tail."""
+used up its attempts is dead-lettered with its log tail. A preempted attempt takes the same way back in
+line, at once and uncounted, and adds to the job's `preemptions`."""
 
 from __future__ import annotations
 
@@ -64,19 +65,8 @@ class RetryService:
         }
         if decision.retry:
             retry_at = at + timedelta(seconds=decision.delay_s) if decision.delay_s else None
-            moved = await jobs_repo.transition(
-                conn,
-                job_id=job_id,
-                attempt=attempt,
-                sources=ACTIVE_STATES,
-                target=JobState.QUEUED,
-                now=now,
-                started_at=None,
-                retry_at=retry_at,
-                **common,
-            )
+            moved = await self._requeue(conn, job, failure=failure, retry_at=retry_at, now=now, values=common)
             if moved:
-                self._telemetry.job_retried(failure_class=failure.value)
                 log.info(
                     "job %s attempt %s: %s; back in line%s",
                     job_id,
@@ -113,3 +103,37 @@ class RetryService:
             if self._webhooks is not None:
                 await self._webhooks.enqueue(conn, "job.dead_lettered", ended)
         return final_state
+
+    async def _requeue(
+        self,
+        conn: AsyncConnection,
+        job: dict[str, Any],
+        *,
+        failure: FailureClass,
+        retry_at: datetime | None,
+        now: datetime,
+        values: dict[str, Any],
+    ) -> bool:
+        """Back in line, keeping its place (its id is its place); a preempted job counts one more
+        preemption. False when the job had moved on."""
+        preempted = failure is FailureClass.PREEMPTED
+        if preempted:
+            values = {**values, "preemptions": int(job["preemptions"] or 0) + 1}
+        moved = await jobs_repo.transition(
+            conn,
+            job_id=job["id"],
+            attempt=job["attempt"],
+            sources=ACTIVE_STATES,
+            target=JobState.QUEUED,
+            now=now,
+            started_at=None,
+            retry_at=retry_at,
+            **values,
+        )
+        if moved and preempted:
+            self._telemetry.job_preempted()
+            if self._webhooks is not None:
+                await self._webhooks.enqueue(conn, "job.preempted", {**job, **values, "state": "queued"})
+        elif moved:
+            self._telemetry.job_retried(failure_class=failure.value)
+        return moved

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from gpuyard.scheduling.model import (
     GpuSlot,
     NodeView,
     PendingJob,
+    Preemption,
     Rules,
     RunningJob,
     RuntimeSource,
@@ -37,6 +39,7 @@ from gpuyard.scheduling.model import (
 )
 from gpuyard.scheduling.policy import Timeline, expected_runtime, extend, schedule
 from gpuyard.services.ports import Clock, NoTelemetry, Publisher, Telemetry
+from gpuyard.services.preemption import request_preemptions
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class SchedulingConfig:
     links: frozenset[tuple[int, int]] = frozenset()
     history_window_s: float = 30 * 86400.0
     refresh_s: float = 60.0  # how often the history of runtimes and the fair-share usage are re-read
+    preempt_grace_s: float = 60.0
+    preempt_min_run_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,12 @@ def build_request(
                 source,
                 started_at=began,
                 time_limit_at=limit_at,
+                preemptible=bool(row.get("preemptible")),
+                seq=row["id"],
+                priority_rank=row.get("priority_rank", 1),
+                # a stop asked for and not done yet: a preemption, or a cancel
+                stopping=row.get("preempt_requested_at") is not None
+                or row.get("cancel_requested_at") is not None,
             )
         )
     views = tuple(
@@ -155,6 +166,7 @@ def build_request(
             # a job waiting out its retry backoff sits like a held one until then
             held=r.get("held_at") is not None or (r.get("retry_at") is not None and r["retry_at"] > now),
             waiting_s=max(0.0, (now - r["submitted_at"]).total_seconds()),
+            preemptible=bool(r.get("preemptible")),
         )
         for r in pending
     )
@@ -164,6 +176,8 @@ def build_request(
         max_gpus_per_user=config.max_gpus_per_user,
         fair_share=config.fair_share,
         usage_s=usage_s or {},
+        preempt_min_run_s=config.preempt_min_run_s,
+        preempt_grace_s=config.preempt_grace_s,
     )
     return ScheduleRequest(now, waiting, tuple(running), views, config.default_runtime_s, rules)
 
@@ -259,6 +273,7 @@ class SchedulerService:
             expected_runtime_s=self._history.expected_runtime_s(
                 user=user, name=spec.name, command=command, time_limit_s=spec.time_limit_s
             ),
+            preemptible=spec.preemptible,
         )
 
     def try_extend(self, jobs: list[PendingJob], *, now: datetime) -> list[Estimate] | None:
@@ -339,8 +354,23 @@ class SchedulerService:
             self._stale = self._stale or not estimates
             rows = await self._apply(decision, pending=waiting, nodes=nodes, now=now)
             await self.flush_outbox(rows)
+        if decision.preemptions:
+            await self.preempt(decision.preemptions, now=now)
         largest = max((len(n["gpus"]) for n in nodes), default=None)
         return PassResult(now, decision, waiting, largest)
+
+    async def preempt(self, preemptions: Sequence[Preemption], *, now: datetime) -> int:
+        """Stop the running preemptible jobs a pass named (services/preemption.py), each once, in one
+        transaction; returns how many stops were asked for now."""
+        async with self._db.write() as conn:
+            rows = await request_preemptions(
+                conn, preemptions, publisher=self._publisher, grace_s=self.config.preempt_grace_s, now=now
+            )
+        if rows:
+            self._changes += 1  # the jobs being stopped change the estimates of those waiting for them
+            self._stale = True
+            await self.flush_outbox(rows)
+        return len(rows)
 
     async def _refresh_history(self, conn: AsyncConnection, now: datetime) -> None:
         """Re-read runtimes of finished jobs and, with fair share, each user's recent GPU time."""
@@ -389,6 +419,7 @@ class SchedulerService:
                     gpu_uuids=gpu_uuids,
                     time_limit_s=job["time_limit_s"],
                     node_beat_at=self._beats.get(placement.node),
+                    preemptible=bool(job["preemptible"]),
                 )
                 key = self._publisher.node_key(placement.node)
                 message = body.model_dump(mode="json")

@@ -31,12 +31,21 @@ class Dispatch(_Message):
     # The node's last heartbeat the controller had heard when it placed the job (its `at`, by the node's
     # clock): the node does not start it if its lease lapsed since (see domain/lease.py).
     node_beat_at: datetime | None = None
+    preemptible: bool = False  # the job is told so (GPUYARD_PREEMPTIBLE=1)
+
+
+StopReason = Literal["cancelled", "preempted"]
 
 
 class Cancel(_Message):
+    """Stop an attempt: a cancel, or a preemption (the job goes back in line). `grace_s` is the time
+    between SIGTERM and SIGKILL; None: the worker's GPUYARD_KILL_GRACE_S."""
+
     type: Literal["cancel"] = "cancel"
     job_id: int
     attempt: int
+    reason: StopReason = "cancelled"
+    grace_s: float | None = Field(None, ge=0)
 
 
 NodeMessage = Annotated[Dispatch | Cancel, Field(discriminator="type")]

@@ -42,6 +42,8 @@ def job_values(spec: JobSpec, user_id: int, now: datetime) -> Row:
         "time_limit_s": spec.time_limit_s,
         "max_attempts": spec.max_attempts or DEFAULT_MAX_ATTEMPTS,
         "retry_on": sorted(f.value for f in spec.retry_on),
+        "preemptible": spec.preemptible,
+        "preemptions": 0,
         "state": JobState.QUEUED.value,
         "attempt": 0,
         "submitted_at": now,
@@ -118,6 +120,7 @@ async def pending_jobs(conn: AsyncConnection) -> list[Row]:
             jobs.c.attempt,
             jobs.c.max_attempts,
             jobs.c.failure_class,
+            jobs.c.preemptible,
             cast(jobs.c.argv, String).label("command"),  # as text: a key for the history of runtimes
             users.c.name.label("user"),
         )
@@ -167,6 +170,7 @@ _NEW_ATTEMPT_USAGE: dict[str, Any] = {
     "progress_seq": 0,
     "progress_step": None,  # the last attempt's progress says nothing of this one's
     "progress_total": None,
+    "preempt_requested_at": None,
 }
 
 
@@ -187,7 +191,15 @@ async def dispatch(
         .values(
             state=JobState.DISPATCHED.value, attempt=jobs.c.attempt + 1, updated_at=now, **_NEW_ATTEMPT_USAGE
         )
-        .returning(jobs.c.attempt, jobs.c.name, jobs.c.argv, jobs.c.workdir, jobs.c.env, jobs.c.time_limit_s)
+        .returning(
+            jobs.c.attempt,
+            jobs.c.name,
+            jobs.c.argv,
+            jobs.c.workdir,
+            jobs.c.env,
+            jobs.c.time_limit_s,
+            jobs.c.preemptible,
+        )
     )
     row = result.mappings().first()
     if row is None:
@@ -216,7 +228,10 @@ async def transition(
     now: datetime,
     **values: Any,
 ) -> bool:
-    """Move a job to `target` only if it is in one of `sources` (and at `attempt`, when given)."""
+    """Move a job to `target` only if it is in one of `sources` (and at `attempt`, when given). A job that
+    stops holding GPUs has no preemption pending any more: that ends with its attempt."""
+    if target not in ACTIVE_STATES:
+        values.setdefault("preempt_requested_at", None)
     query = update(jobs).where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in sources]))
     if attempt is not None:
         query = query.where(jobs.c.attempt == attempt)
@@ -275,6 +290,24 @@ async def request_cancel(conn: AsyncConnection, *, job_id: int, now: datetime) -
         .where(jobs.c.id == job_id, jobs.c.cancel_requested_at.is_(None))
         .values(cancel_requested_at=now, updated_at=now)
     )
+
+
+async def request_preemption(conn: AsyncConnection, *, job_id: int, attempt: int, now: datetime) -> bool:
+    """Mark a preemptible job's attempt as being stopped for a preemption, once: False when it is not
+    holding GPUs at that attempt any more, or a stop (a preemption, a cancel) was asked for already."""
+    result = await conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == job_id,
+            jobs.c.attempt == attempt,
+            jobs.c.state.in_([s.value for s in ACTIVE_STATES]),
+            jobs.c.preemptible.is_(True),
+            jobs.c.preempt_requested_at.is_(None),
+            jobs.c.cancel_requested_at.is_(None),
+        )
+        .values(preempt_requested_at=now, updated_at=now)
+    )
+    return bool(result.rowcount)
 
 
 # Queue controls on a waiting job. Each is conditional on the job still waiting, so a job dispatched in the

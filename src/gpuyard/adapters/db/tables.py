@@ -106,6 +106,11 @@ jobs = Table(
     Column("max_attempts", Integer, nullable=False, default=3),
     Column("retry_on", JSON, nullable=False, default=list),
     Column("retry_at", UtcDateTime(), nullable=True),
+    # preemption (docs/job-environment.md): the job may be stopped and put back in its place for a job ahead
+    # of it; how often that happened; set while a stop for it is asked and its attempt has not ended
+    Column("preemptible", Boolean, nullable=False, default=False),
+    Column("preemptions", Integer, nullable=False, default=0),
+    Column("preempt_requested_at", UtcDateTime(), nullable=True),
 )
 Index("ix_jobs_state_order", jobs.c.state, jobs.c.priority_rank, jobs.c.id)
 Index("ix_jobs_user_state", jobs.c.user_id, jobs.c.state)

@@ -73,6 +73,11 @@ class PrometheusMetrics:
             ["failure_class"],
             registry=r,
         )
+        self.preemptions = Counter(
+            "gpuyard_preemptions",
+            "Preemptible jobs stopped for a job ahead of them in line and put back in their place.",
+            registry=r,
+        )
         self.webhooks = Counter(
             "gpuyard_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"], registry=r
         )
@@ -99,6 +104,9 @@ class PrometheusMetrics:
 
     def job_retried(self, *, failure_class: str) -> None:
         self.retries.labels(failure_class).inc()
+
+    def job_preempted(self) -> None:
+        self.preemptions.inc()
 
     def webhook_delivery(self, *, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()

@@ -2,10 +2,10 @@
 
 The supervisor, not the worker, is the job's parent: the job keeps running when the worker stops or dies,
 and how it ended is kept on disk. A worker follows the job through the files of its state directory: it
-tails the output file, waits for status.json, and asks for a stop (cancel, fencing) by writing the reason
-and signalling the supervisor, which sends SIGTERM to the job's process group, then SIGKILL after the
-grace period. The supervisor enforces the time limit itself. A restarted worker reattaches with
-`JobProcess.reattach`.
+tails the output file, waits for status.json, and asks for a stop (cancel, preemption, fencing) by writing
+the reason (and a grace period of its own, if it has one) and signalling the supervisor, which sends SIGTERM
+to the job's process group, then SIGKILL after the grace period. The supervisor enforces the time limit
+itself. A restarted worker reattaches with `JobProcess.reattach`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class LaunchError(Exception):
 class ExitStatus:
     exit_code: int | None
     signal: int | None
-    stop_reason: str | None  # "cancelled" | "timed_out" | "fenced" | None
+    stop_reason: str | None  # "cancelled" | "preempted" | "timed_out" | "fenced" | None
     oom_seen: bool
     vanished: bool = False  # the supervisor is gone without a word: the machine restarted, or it was killed
 
@@ -208,11 +208,20 @@ class JobProcess:
             return False
         return any(marker in tail for marker in _OOM_MARKERS)
 
-    def stop(self, reason: str) -> None:
-        """Ask the supervisor to stop the job (SIGTERM to its group, SIGKILL after the grace period)."""
-        if self._stop_reason is not None or read_json(self.state_dir / "status.json") is not None:
+    def stop(self, reason: str, *, grace_s: float | None = None) -> None:
+        """Ask the supervisor to stop the job: SIGTERM to its group, SIGKILL after `grace_s` (None: the
+        grace period it was started with). Once asked, a stop is not asked again, except that a cancel
+        overrides a preemption (the job then ends cancelled, and no later than the cancel's grace)."""
+        if read_json(self.state_dir / "status.json") is not None:
+            return
+        if self._stop_reason is not None and (self._stop_reason, reason) != ("preempted", "cancelled"):
             return
         self._stop_reason = reason
+        grace_file = self.state_dir / "stop_grace_s"
+        if grace_s is None:
+            grace_file.unlink(missing_ok=True)
+        else:
+            grace_file.write_text(repr(float(grace_s)))  # before `stop`: the supervisor reads both at once
         (self.state_dir / "stop").write_text(reason)
         log.info("stopping job pid %s (%s)", self._job["pid"] if self._job else "?", reason)
         if alive(self._supervisor):

@@ -12,7 +12,8 @@ only, so a worker that restarts finds the job running, or finds how it ended whi
 
 Files in STATE_DIR: spec.json (written by the worker: argv, env, workdir, output, time_limit_s,
 kill_grace_s, lease_file, fence_s), supervisor.json and job.json (pid and start time of each, to tell a
-live process from a reused pid), stop, status.json. Standard library only, run by its path without
+live process from a reused pid), stop (the reason) and stop_grace_s (its own grace period, optional: a
+preemption's), status.json. Standard library only, run by its path without
 site-packages: it starts in milliseconds.
 """
 
@@ -141,10 +142,11 @@ class Supervisor:
         deadline = time.monotonic() + limit_s if limit_s else None
         while not done.wait(POLL_S):
             now = time.monotonic()
-            if self.stop_reason is None:
-                if self.stop_requested:
-                    self._stop(job, self._requested_reason())
-                elif deadline is not None and now >= deadline:
+            if self.stop_requested:
+                self.stop_requested = False
+                self._stop(job, self._requested_reason(), grace_s=self._requested_grace_s())
+            elif self.stop_reason is None:
+                if deadline is not None and now >= deadline:
                     self._stop(job, "timed_out")
                 elif self._lease_expired():
                     self._stop(job, "fenced")
@@ -169,11 +171,28 @@ class Supervisor:
         except OSError:
             return "cancelled"
 
-    def _stop(self, job: subprocess.Popen[bytes], reason: str) -> None:
+    def _requested_grace_s(self) -> float | None:
+        """The grace period the worker gave this stop (a preemption's), if any."""
+        try:
+            return max(0.0, float((self.dir / "stop_grace_s").read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def _stop(self, job: subprocess.Popen[bytes], reason: str, *, grace_s: float | None = None) -> None:
+        """SIGTERM now, SIGKILL after the grace period. A second stop does not signal again: a cancel takes
+        over from a preemption (it ends cancelled), and it can bring the SIGKILL closer, never later."""
+        grace_s = float(self.spec.get("kill_grace_s", 10.0)) if grace_s is None else grace_s
+        kill_at = time.monotonic() + grace_s
+        if self.stop_reason is not None:
+            if (self.stop_reason, reason) == ("preempted", "cancelled"):
+                self.stop_reason = reason
+            if self.kill_at is not None:
+                self.kill_at = min(self.kill_at, kill_at)
+            return
         self.stop_reason = reason
         with contextlib.suppress(OSError):
             os.killpg(job.pid, signal.SIGTERM)
-        self.kill_at = time.monotonic() + float(self.spec.get("kill_grace_s", 10.0))
+        self.kill_at = kill_at
 
 
 def _launch_error(spec: dict[str, Any], e: OSError) -> str:

@@ -59,6 +59,8 @@ def scheduling_config(settings: Settings) -> SchedulingConfig:
         fair_share=settings.fair_share,
         fair_share_window_s=settings.fair_share_window_s,
         links=links,
+        preempt_grace_s=settings.preempt_grace_s,
+        preempt_min_run_s=settings.preempt_min_run_s,
     )
 
 

@@ -79,6 +79,9 @@ def _job_fields(row: dict[str, Any], *, tensorboard_url: str | None = None) -> d
         "gpu_usage": _gpu_usage(row),
         "tensorboard_run": run,
         "tensorboard_url": run_link(tensorboard_url, run) if tensorboard_url and run else None,
+        "preemptible": bool(row.get("preemptible")),
+        "preemptions": row.get("preemptions") or 0,
+        "preempting": row.get("preempt_requested_at") is not None,
     }
 
 
@@ -117,6 +120,7 @@ def _waiting_job(row: dict[str, Any]) -> dict[str, Any]:
         "gpus": row["gpus"],
         "priority": row["priority"],
         "held": row["held_at"] is not None,
+        "preemptible": bool(row.get("preemptible")),
     }
 
 
@@ -154,6 +158,7 @@ async def submit_job(body: JobCreate, user: CurrentUser, controller: ControllerD
             time_limit_s=body.time_limit_s,
             max_attempts=body.max_attempts,
             retry_on=body.retry_on,
+            preemptible=body.preemptible,
         )
         row, wait = await controller.jobs.submit(user, spec)
     except GpuyardError as e:

@@ -39,6 +39,12 @@ class JobCreate(BaseModel):
         description="Failures of its own to retry too: exit_nonzero, oom, timeout, launch_error. "
         "Infrastructure failures (node_lost, gpu_unavailable) are always retried.",
     )
+    preemptible: bool = Field(
+        False,
+        description="It may start early, in gaps that its time limit would not fit, and in exchange be "
+        "stopped (SIGTERM, then SIGKILL after GPUYARD_PREEMPT_GRACE_S) when a job ahead of it in line needs "
+        "its GPUs: it then goes back to its place in line, and that attempt counts as no failure.",
+    )
 
 
 class AttemptPublic(BaseModel):
@@ -107,6 +113,11 @@ class JobPublic(BaseModel):
         None, description="Its run under the TensorBoard log dir ($GPUYARD_TB_DIR), once it started."
     )
     tensorboard_url: str | None = Field(None, description="Link to its run, where a TensorBoard is served.")
+    preemptible: bool = Field(False, description="It may be stopped and put back in line for a job ahead.")
+    preemptions: int = Field(0, description="How many times it was stopped and put back in line so.")
+    preempting: bool = Field(
+        False, description="Being stopped now for a job ahead of it in line (it then waits again)."
+    )
 
 
 class WaitPublic(BaseModel):
@@ -146,6 +157,7 @@ class WaitingJob(BaseModel):
     gpus: int
     priority: PriorityName
     held: bool = Field(description="Held by its owner or an admin: it keeps its place, does not start.")
+    preemptible: bool = Field(False, description="It may be stopped and put back in line for a job ahead.")
 
 
 class JobWaitPublic(WaitPublic, WaitingJob):

@@ -49,6 +49,11 @@ def gpu_list(job: dict[str, Any]) -> str:
     return f"{job.get('node')}:{','.join(map(str, indices))}"
 
 
+def priority(job: dict[str, Any]) -> str:
+    """Its priority, marked when the job is preemptible: `normal (P)`."""
+    return f"{job['priority']} (P)" if job.get("preemptible") else str(job["priority"])
+
+
 def progress(job: dict[str, Any]) -> str:
     p = job.get("progress")
     if p is None:

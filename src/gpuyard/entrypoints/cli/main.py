@@ -90,6 +90,14 @@ def submit(
             "--retry-on", help="Also retry: exit_nonzero | oom | timeout | launch_error (repeatable)."
         ),
     ] = [],  # noqa: B006
+    preemptible: Annotated[
+        bool,
+        typer.Option(
+            "--preemptible",
+            help="May start early, in gaps; may then be stopped (SIGTERM) for a job ahead of it and put back "
+            "in its place in line. Resume from $GPUYARD_CHECKPOINT_DIR.",
+        ),
+    ] = False,
     shell_env: Annotated[
         bool,
         typer.Option(
@@ -130,6 +138,7 @@ def submit(
             time_limit_s=limit_s,
             max_attempts=max_attempts,
             retry_on=retry_on,
+            preemptible=preemptible,
         )
     )
     if as_json:
@@ -158,7 +167,7 @@ def _jobs_table(jobs: list[dict[str, Any]], *, title: str) -> Table:
             j["name"],
             f"{j['state']} (held)" if j.get("held") else j["state"],
             fmt.gpu_list(j),
-            j["priority"],
+            fmt.priority(j),
             fmt.progress(j),
             fmt.duration(fmt.elapsed(j)),
             fmt.clock(j["submitted_at"]),
@@ -206,7 +215,7 @@ def queue(as_json: JsonOpt = False) -> None:
             q["user"],
             q["name"],
             str(q["gpus"]),
-            q["priority"],
+            fmt.priority(q),
             fmt.clock(q["estimated_start_at"]) + (f" ({band})" if band else ""),
             fmt.duration(q["estimated_wait_s"]),
             q["reason_text"],
@@ -281,6 +290,9 @@ def show(job_id: int, as_json: JsonOpt = False) -> None:
     out.print(f"Job {job['id']} {job['name']} ({job['user']}): {job['state']}")
     out.print(f"  command: {shlex.join(job['command'])}")
     out.print(f"  gpus: {job['gpus']}  priority: {job['priority']}  workdir: {job['workdir'] or '-'}")
+    if job.get("preemptible"):
+        stopping = "; being stopped now for a job ahead of it" if job.get("preempting") else ""
+        out.print(f"  preemptible: yes, preempted {job.get('preemptions', 0)} time(s){stopping}")
     if job["error"]:
         out.print(f"  error: {job['error']}")
     usage = job.get("gpu_usage")

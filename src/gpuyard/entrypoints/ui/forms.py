@@ -41,6 +41,7 @@ class Submission:
     env: dict[str, str] = field(default_factory=dict)
     time_limit_s: int | None = None
     retry_on: tuple[str, ...] = ()
+    preemptible: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -53,6 +54,8 @@ class Submission:
         }
         if self.retry_on:
             kwargs["retry_on"] = self.retry_on
+        if self.preemptible:
+            kwargs["preemptible"] = True
         return kwargs
 
 
@@ -165,4 +168,5 @@ def copy_submission(job: Mapping[str, Any]) -> Submission:
         env=dict(job.get("env") or {}),
         time_limit_s=job.get("time_limit_s"),
         retry_on=tuple(job.get("retry_on") or ()),
+        preemptible=bool(job.get("preemptible")),
     )

@@ -155,6 +155,8 @@ def attempts_text(job: Job, *, now: datetime) -> str:
     sentences = [f"Attempt {attempt}{of}." if attempt else f"No attempt yet ({most} allowed)."]
     asked = ", ".join(job.get("retry_on") or [])
     sentences.append(f"Retried after: a lost machine{', ' + asked if asked else ''}.")
+    if job.get("preemptions"):
+        sentences.append(f"Preempted {job['preemptions']} time(s) for jobs ahead of it (not counted).")
     retry_at = parse_time(job.get("retry_at"))
     if job.get("state") == "queued" and retry_at is not None and retry_at > now:
         after = f" after {job['failure_class']}" if job.get("failure_class") else ""

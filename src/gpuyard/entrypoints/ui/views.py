@@ -164,6 +164,8 @@ def _priority(entry: Mapping[str, Any]) -> str:
         return f"{entry['priority']}, held"
     if entry.get("reason") == "retry_backoff":
         return f"{entry['priority']}, retrying"
+    if entry.get("preemptible"):
+        return f"{entry['priority']}, preemptible"
     return str(entry["priority"])
 
 

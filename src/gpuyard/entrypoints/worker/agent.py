@@ -36,6 +36,8 @@ from gpuyard.settings import Settings
 log = logging.getLogger(__name__)
 
 _RECENT_ENDED = 10_000
+# How an attempt stopped before it started ends, by the reason of the stop.
+_STOP_CLASS = {"cancelled": FailureClass.CANCELLED, "preempted": FailureClass.PREEMPTED}
 
 
 class Worker:
@@ -46,7 +48,7 @@ class Worker:
         self.broker = RabbitmqBroker(settings.amqp_url, instance=settings.instance_name())
         self.running: dict[tuple[int, int], Attempt] = {}
         self._ended: dict[tuple[int, int], None] = {}
-        self._cancelled_early: set[tuple[int, int]] = set()
+        self._cancelled_early: dict[tuple[int, int], Cancel] = {}  # stops that came before their dispatch
         self._starting: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._launch_lock = asyncio.Lock()
@@ -195,8 +197,10 @@ class Worker:
         if self.draining:
             await self._refuse(attempt, FailureClass.GPU_UNAVAILABLE, f"node {self.node} is draining")
             return
-        if key in self._cancelled_early:
-            await self._refuse(attempt, FailureClass.CANCELLED, "cancelled before it started")
+        early = self._cancelled_early.get(key)
+        if early is not None:
+            failure = _STOP_CLASS[early.reason]
+            await self._refuse(attempt, failure, f"{early.reason} before it started")
             return
         async with self._launch_lock:  # one GPU check + launch at a time: never two jobs on one GPU
             stale = self.lease.refusal(d)
@@ -216,8 +220,9 @@ class Worker:
                 self._end(key)
                 return
             self.running[key] = attempt
-            if key in self._cancelled_early:  # a cancel overtook this launch
-                attempt.process.stop("cancelled")  # type: ignore[union-attr]
+            early = self._cancelled_early.get(key)
+            if early is not None:  # a cancel (or a preemption) overtook this launch
+                attempt.process.stop(early.reason, grace_s=early.grace_s)  # type: ignore[union-attr]
         self._mark_fake_load(pid, d.gpu_indices)
         log.info(
             "job %s attempt %s started: pid %s, CUDA_VISIBLE_DEVICES=%s",
@@ -255,19 +260,22 @@ class Worker:
                 self.stop()
 
     async def _cancel(self, c: Cancel) -> None:
+        """Stop an attempt, cancelled or preempted (then with the preemption's grace period)."""
         key = (c.job_id, c.attempt)
         attempt = self.running.get(key)
         if attempt is not None and attempt.process is not None:
-            attempt.process.stop("cancelled")
+            if c.reason == "preempted":
+                log.info("job %s attempt %s: preempted, stopping it (grace %s s)", *key, c.grace_s)
+            attempt.process.stop(c.reason, grace_s=c.grace_s)
         elif key not in self._ended:
             # The dispatch has not arrived (or this worker never had it): it must not start.
-            self._cancelled_early.add(key)
+            self._cancelled_early[key] = c
             stub = Dispatch(
                 job_id=c.job_id, attempt=c.attempt, name="", user="", argv=["-"], gpu_indices=[], gpu_uuids=[]
             )
-            await self._attempt(stub).finish(
-                "cancelled", FailureClass.CANCELLED.value, detail="cancelled before it started"
-            )
+            failure = _STOP_CLASS[c.reason]
+            outcome: Outcome = "cancelled" if failure is FailureClass.CANCELLED else "failed"
+            await self._attempt(stub).finish(outcome, failure.value, detail=f"{c.reason} before it started")
 
     def _end(self, key: tuple[int, int]) -> None:
         self._ended[key] = None

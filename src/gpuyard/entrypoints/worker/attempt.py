@@ -32,6 +32,8 @@ def outcome_of(status: ExitStatus) -> tuple[Outcome, str | None]:
     """(outcome, failure class) of an attempt that ran."""
     if status.stop_reason == "cancelled":
         return "cancelled", FailureClass.CANCELLED.value
+    if status.stop_reason == "preempted":  # whatever its exit: it stopped because it was asked to
+        return "failed", FailureClass.PREEMPTED.value
     if status.stop_reason == "timed_out":
         return "timed_out", FailureClass.TIMEOUT.value
     if status.stop_reason == "fenced" or status.vanished:
@@ -58,6 +60,7 @@ class Attempt:
         self.dispatch = dispatch
         self.node = node
         self.output_dir = jobs_dir / str(dispatch.job_id) / f"attempt-{dispatch.attempt}"
+        self.checkpoint_dir = checkpoint_dir_of(jobs_dir, dispatch.job_id)
         self.state_dir = state_dir_of(jobs_dir, dispatch.job_id, dispatch.attempt)
         self.marker = active_dir(jobs_dir, node) / f"{dispatch.job_id}.{dispatch.attempt}"
         run = tensorboard_run(dispatch.job_id, dispatch.name, dispatch.attempt)
@@ -96,15 +99,19 @@ class Attempt:
                 "GPUYARD_TB_DIR": str(self.tb_dir),
                 "GPUYARD_METRICS_FILE": str(self.metrics_file),
                 "GPUYARD_GPU_UUIDS": ",".join(d.gpu_uuids),
+                "GPUYARD_CHECKPOINT_DIR": str(self.checkpoint_dir),
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if d.preemptible:
+            env["GPUYARD_PREEMPTIBLE"] = "1"
         return env
 
     async def launch(self) -> int:
         """Start the job under its supervisor; raises LaunchError. Returns its pid (= its process group)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.tb_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_file.touch()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "dispatch.json").write_text(self.dispatch.model_dump_json())
@@ -165,6 +172,8 @@ class Attempt:
         detail = None
         if status.stop_reason == "timed_out":
             detail = f"stopped after its time limit of {self.dispatch.time_limit_s} s"
+        elif status.stop_reason == "preempted":
+            detail = "stopped to give its GPUs to a job ahead of it in line: it goes back to its place"
         elif status.stop_reason == "fenced":
             detail = (
                 "stopped by its worker, which had lost touch with the controller: it runs again elsewhere"
@@ -292,6 +301,11 @@ def active_dir(jobs_dir: Path, node: str) -> Path:
 def lease_file(jobs_dir: Path, node: str) -> Path:
     """Touched by the node's worker whenever a heartbeat got through; its supervisors fence by its age."""
     return jobs_dir / f".lease-{node}"
+
+
+def checkpoint_dir_of(jobs_dir: Path, job_id: int) -> Path:
+    """A job's own folder for checkpoints, the same for all its attempts ($GPUYARD_CHECKPOINT_DIR)."""
+    return jobs_dir / str(job_id) / "checkpoints"
 
 
 def state_dir_of(jobs_dir: Path, job_id: int, attempt: int) -> Path:

@@ -245,7 +245,6 @@ PREEMPTIBLE_JOB = (
 )
 
 
-@pytest.mark.xfail(reason="needs the preemption policy", strict=False)
 def test_a_head_job_preempts_a_preemptible_job_that_then_runs_again(stack: Stack) -> None:
     """A holds 3 GPUs; H (4 GPUs) waits for it; P (1 GPU, preemptible, no time limit) starts at once on the
     free GPU. When A ends, H takes P's GPU: P is stopped and waits again in its place; once H is done, P

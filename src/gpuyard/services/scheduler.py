@@ -120,6 +120,10 @@ def build_request(
         end_at, progress, source = expected_end(
             row, now=now, history=history, default_runtime_s=config.default_runtime_s
         )
+        asked: datetime | None = row.get("preempt_requested_at")
+        if asked is not None:  # being preempted: gone by the end of its grace at the latest
+            deadline = asked + timedelta(seconds=config.preempt_grace_s)
+            end_at = deadline if end_at is None else min(end_at, deadline)
         gpus = tuple(row["gpu_indices"])
         began: datetime = row["started_at"] or row["dispatched_at"]
         limit_at = None if row["time_limit_s"] is None else began + timedelta(seconds=row["time_limit_s"])

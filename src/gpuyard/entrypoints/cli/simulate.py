@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
 def simulate_command(
     trace: Annotated[
-        Path, typer.Argument(help="A trace file: submit_s,gpus,priority,user,runtime_s,time_limit_s")
+        Path,
+        typer.Argument(help="A trace file: submit_s,gpus,priority,user,runtime_s,time_limit_s[,preemptible]"),
     ],
     nodes: Annotated[
         str | None, typer.Option("--nodes", help="NODESxGPUS, e.g. 1x4 (default: the trace's, else 1x4).")
@@ -44,6 +45,17 @@ def simulate_command(
     default_runtime_s: Annotated[
         float, typer.Option("--default-runtime-s", help="Expected runtime of a job without a limit.", min=1)
     ] = 3600.0,
+    preempt_grace_s: Annotated[
+        float, typer.Option("--preempt-grace-s", help="SIGTERM to SIGKILL for a preempted job.", min=0)
+    ] = 60.0,
+    preempt_min_run_s: Annotated[
+        float,
+        typer.Option("--preempt-min-run-s", help="Least run a preemptible job's gap must allow.", min=0),
+    ] = 600.0,
+    restart_cost_s: Annotated[
+        float,
+        typer.Option("--restart-cost-s", help="What a preempted job redoes when it resumes.", min=0),
+    ] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Replay a trace of jobs through the scheduling policy in simulated time and print the figures."""
@@ -54,8 +66,12 @@ def simulate_command(
             aging_s=aging_s,
             fair_share=fair_share,
             max_gpus_per_user=max_gpus_per_user,
+            preempt_grace_s=preempt_grace_s,
+            preempt_min_run_s=preempt_min_run_s,
         )
-        result = simulate(loaded, rules=rules, default_runtime_s=default_runtime_s)
+        result = simulate(
+            loaded, rules=rules, default_runtime_s=default_runtime_s, restart_cost_s=restart_cost_s
+        )
     except TraceError as e:
         typer.echo(f"error: {e.detail}", err=True)
         raise typer.Exit(2) from None

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     aging_s: float | None = Field(
         None, gt=0, description="A waiting job gains one priority level per this many seconds (unset: off)."
     )
+    aging_max_priority: Literal["normal", "high"] = Field(
+        "high", description="The highest priority aging gives a waiting job."
+    )
     max_gpus_per_user: int | None = Field(
         None, ge=1, description="GPUs one user may hold at once (unset: any)."
     )

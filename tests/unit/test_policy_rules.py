@@ -4,6 +4,7 @@ best-fit placement, and where estimates come from."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,29 @@ def test_a_running_job_never_holds_its_gpus_past_its_time_limit(
     )
     d = schedule(request(nodes=[node("a", 1)], pending=[job(1)], run=[run]))
     assert d.estimates[1].start_at == at(frees_in_s)
+
+
+@pytest.mark.parametrize(("value", "rank"), [("normal", 1), ("high", 2)])
+def test_the_aging_ceiling_comes_from_the_settings(tmp_path: Path, value: str, rank: int) -> None:
+    from gpuyard.entrypoints.api.controller import scheduling_config
+    from gpuyard.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, aging_s=3600, aging_max_priority=value)  # type: ignore[arg-type]
+    assert scheduling_config(settings).aging_max_rank == rank
+
+
+def test_an_aging_ceiling_above_high_is_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from gpuyard.settings import Settings
+
+    with pytest.raises(ValidationError, match="aging_max_priority"):
+        Settings(data_dir=tmp_path, aging_max_priority="urgent")  # type: ignore[arg-type]
+
+
+def test_aging_to_normal_lifts_low_jobs_but_never_past_high_ones() -> None:
+    rules = Rules(aging_s=3600, aging_max_rank=1)
+    old_low = replace(job(1, prio=0), waiting_s=10 * 3600)
+    high = replace(job(2, prio=2), waiting_s=0)
+    normal = replace(job(3, prio=1), waiting_s=0)
+    assert [j.job_id for j in queue_order((normal, high, old_low), rules)] == [2, 1, 3]

@@ -220,6 +220,7 @@ def figures_as_dict(result: SimResult) -> dict[str, object]:
         "rules": {
             "backfill": rules.backfill,
             "aging_s": rules.aging_s,
+            "aging_max_rank": rules.aging_max_rank,
             "fair_share": rules.fair_share,
             "max_gpus_per_user": rules.max_gpus_per_user,
             "preempt_grace_s": rules.preempt_grace_s,
@@ -233,7 +234,8 @@ def figures_as_dict(result: SimResult) -> dict[str, object]:
 
 def format_report(result: SimResult) -> str:
     f, rules, trace = result.figures, result.rules, result.trace
-    aging = f"aging every {rules.aging_s:g} s" if rules.aging_s else "no aging"
+    most = "normal" if rules.aging_max_rank <= 1 else "high"
+    aging = f"aging every {rules.aging_s:g} s up to {most}" if rules.aging_s else "no aging"
     limit = f"at most {rules.max_gpus_per_user} GPUs a user" if rules.max_gpus_per_user else "no user limit"
     backfill = "on" if rules.backfill else "off"
     lines = [

@@ -41,10 +41,11 @@ class RunningJob:
     """A job holding GPUs (dispatched or running). `expected_end_at` None means unknown;
     `time_limit_at` is when the worker stops it (its start plus its time limit), if it has a limit.
 
-    A `preemptible` job gives its GPUs up to any waiting job ahead of it in line (by `priority_rank`, then
-    `seq`, as if it still waited): the policy then asks for it to be stopped (`Decision.preemptions`) and
-    it goes back to its place in line. `stopping` means a stop was asked for already and not yet done; its
-    `expected_end_at` is then when the stop's grace runs out (or sooner, if it should end by itself)."""
+    A `preemptible` job gives its GPUs up to any waiting job ahead of it in line (by `priority_rank`, aged by
+    `waiting_s`, the time since its submission, as a waiting job's is; then `seq`): the policy then asks for
+    it to be stopped (`Decision.preemptions`) and it goes back to its place in line. `stopping` means a stop
+    was asked for already and not yet done; its `expected_end_at` is then when the stop's grace runs out
+    (or sooner, if it should end by itself)."""
 
     job_id: int
     node: str
@@ -59,6 +60,7 @@ class RunningJob:
     seq: int = 0
     priority_rank: int = 1
     stopping: bool = False
+    waiting_s: float = 0.0
 
 
 @dataclass(frozen=True)

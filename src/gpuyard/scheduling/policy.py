@@ -90,8 +90,10 @@ class _Step(NamedTuple):
     backfill: bool
 
 
-def effective_rank(job: PendingJob, rules: Rules) -> int:
-    """Priority plus aging (one level per `aging_s` of waiting, up to `aging_max_rank`)."""
+def effective_rank(job: PendingJob | RunningJob, rules: Rules) -> int:
+    """Priority plus aging (one level per `aging_s` of waiting, up to `aging_max_rank`). A running
+    preemptible job ages as if it still waited: the line order of two jobs then changes at most once per
+    level, so they cannot take each other's GPUs in turn for ever."""
     if rules.aging_s is None or job.priority_rank >= rules.aging_max_rank:
         return job.priority_rank
     return min(rules.aging_max_rank, job.priority_rank + int(job.waiting_s // rules.aging_s))
@@ -146,6 +148,9 @@ class Timeline:
         self.views = request.nodes
         # A preemptible running job's GPUs free this long after it is asked to stop (never at once).
         self.grace = max(request.rules.preempt_grace_s, _OVERDUE_S)
+        # Fair share reorders the line as GPU time is used: a stopped job would soon stop the one that stopped
+        # it, and so on. With it, preemptible jobs are booked and kept like any other.
+        self.preempting = request.rules.backfill and not request.rules.fair_share
         self.min_run = max(request.rules.preempt_min_run_s, _MIN_RUNTIME_S)
         nodes, soft = _build_nodes(request, self.grace)
         self.cluster = Cluster(nodes)
@@ -158,7 +163,7 @@ class Timeline:
         self.placements: list[Placement] = []
         self.last_start = 0.0  # without backfill, nobody starts before the job ahead
         # The lowest rank in line, running preemptible jobs included: a newcomer of a higher rank goes ahead.
-        self.lowest_rank: int | None = min((s.run.priority_rank for s in soft), default=None)
+        self.lowest_rank: int | None = min((int(-s.key[0]) for s in soft), default=None)
         self.top_rank = -1
         self.count = 0
         self.gpus_ahead = 0
@@ -185,7 +190,7 @@ class Timeline:
         user_floor = 0.0 if self.user_limit is None else self._user_floor(job, runtime)
         floor = user_floor if self.backfill else max(user_floor, self.last_start)
         length = guaranteed if guaranteed > _MIN_RUNTIME_S else _MIN_RUNTIME_S
-        if job.preemptible and self.backfill:
+        if job.preemptible and self.preempting:
             # A gap it can use for a while before a stop ends it there (or long enough for what it should
             # take), and always longer than a stop takes, unless its time limit ends it sooner.
             length = min(length, max(min(runtime, self.min_run + self.grace), self.grace + _MIN_RUNTIME_S))
@@ -232,7 +237,7 @@ class Timeline:
             reason = WaitReason.STARTING
         # The start depends on the ends of the bookings before it; later jobs depend on this one's end too.
         end = start + runtime
-        if job.preemptible and self.backfill:  # stopped where the gap closes, if it does before its end
+        if job.preemptible and self.preempting:  # stopped where the gap closes, if it does before its end
             closes = min(_busy_from(g, start) for g in gpus)
             if closes < end:
                 end = closes
@@ -420,7 +425,7 @@ def _build_nodes(request: ScheduleRequest, grace: float) -> tuple[list[Node], li
                 end = _running_end(held_by, request)
                 if held_by.stopping:  # asked to stop: gone by the end of its grace at the latest
                     end = min(end, grace)
-                elif held_by.preemptible and rules.backfill and end > grace:
+                elif held_by.preemptible and rules.backfill and not rules.fair_share and end > grace:
                     gpu = Gpu(slot.index, grace, holder)
                     stoppable.setdefault(held_by.job_id, (held_by, end, []))[2].append(gpu)
                     gpus.append(gpu)
@@ -431,7 +436,7 @@ def _build_nodes(request: ScheduleRequest, grace: float) -> tuple[list[Node], li
         node = Node(view.name, gpus, len(view.gpus), view.links)
         nodes.append(node)
         for run, end, held in stoppable.values():
-            key = line_key(run.priority_rank, run.user, run.seq, rules)
+            key = line_key(effective_rank(run, rules), run.user, run.seq, rules)
             soft.append(_Soft(key, run, node, tuple(held), end))
     soft.sort(key=lambda s: s.key)
     return nodes, soft

@@ -212,6 +212,8 @@ class _Simulation:
         )
         rules = replace(self.rules, usage_s=self._usage(now)) if self.rules.fair_share else self.rules
         running = tuple(self.running.values())
+        if rules.aging_s is not None:  # running preemptible jobs age as waiting ones do
+            running = tuple(replace(r, waiting_s=now - self.jobs_by_id[r.job_id].submit_s) for r in running)
         return ScheduleRequest(at(now), pending, running, self.nodes, self.default_runtime_s, rules)
 
     def _usage(self, now: float) -> dict[str, float]:

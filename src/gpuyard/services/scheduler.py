@@ -55,6 +55,7 @@ class SchedulingConfig:
     node_lease_s: float = 30.0
     backfill: bool = True
     aging_s: float | None = None
+    aging_max_rank: int = 2  # high
     max_gpus_per_user: int | None = None
     fair_share: bool = False
     fair_share_window_s: float = 7 * 86400.0
@@ -141,6 +142,9 @@ def build_request(
                 preemptible=bool(row.get("preemptible")),
                 seq=row["id"],
                 priority_rank=row.get("priority_rank", 1),
+                waiting_s=max(0.0, (now - row["submitted_at"]).total_seconds())
+                if row.get("submitted_at")
+                else 0.0,
                 # a stop asked for and not done yet: a preemption, or a cancel
                 stopping=row.get("preempt_requested_at") is not None
                 or row.get("cancel_requested_at") is not None,
@@ -177,6 +181,7 @@ def build_request(
     rules = Rules(
         backfill=config.backfill,
         aging_s=config.aging_s,
+        aging_max_rank=config.aging_max_rank,
         max_gpus_per_user=config.max_gpus_per_user,
         fair_share=config.fair_share,
         usage_s=usage_s or {},
@@ -226,6 +231,8 @@ class SchedulerService:
         self._beats: dict[str, datetime] = {}  # each node's last heartbeat heard, by its own clock
         self._outbox_lock = asyncio.Lock()
         self._wake_tasks: set[asyncio.Task[Any]] = set()
+        # A pass due to stop a preemptible job a grace before a job ahead of it needs its GPUs.
+        self._due: tuple[datetime, asyncio.TimerHandle] | None = None
 
     async def run_pass(self, *, estimates: bool = True) -> PassResult:
         """A pass that started after this call. Without `estimates` it only places jobs: what an event
@@ -360,8 +367,23 @@ class SchedulerService:
             await self.flush_outbox(rows)
         if decision.preemptions:
             await self.preempt(decision.preemptions, now=now)
+        if decision.preempt_at is not None:
+            self._pass_at(decision.preempt_at, now=now)
         largest = max((len(n["gpus"]) for n in nodes), default=None)
         return PassResult(now, decision, waiting, largest)
+
+    def _pass_at(self, at: datetime, *, now: datetime) -> None:
+        """Run a pass at `at` (the periodic tick may come too late by up to its period)."""
+        if self._due is not None:
+            if self._due[0] <= at and not self._due[1].cancelled():
+                return
+            self._due[1].cancel()
+        delay_s = max((at - now).total_seconds(), 0.0)
+        self._due = (at, asyncio.get_running_loop().call_later(delay_s, self._due_now))
+
+    def _due_now(self) -> None:
+        self._due = None
+        self.wake()
 
     async def preempt(self, preemptions: Sequence[Preemption], *, now: datetime) -> int:
         """Stop the running preemptible jobs a pass named (services/preemption.py), each once, in one

@@ -21,6 +21,7 @@ from gpuyard.adapters.db.migrate import migrate
 from gpuyard.adapters.http.webhooks import HttpxWebhookSender
 from gpuyard.adapters.metrics.prometheus import PrometheusMetrics
 from gpuyard.domain.errors import ConfigurationError
+from gpuyard.domain.jobs import Priority
 from gpuyard.scheduling.history import parse_links
 from gpuyard.services.auth import AuthService, check_user_name
 from gpuyard.services.dead import DeadLetterService, message_body
@@ -55,6 +56,7 @@ def scheduling_config(settings: Settings) -> SchedulingConfig:
         node_lease_s=settings.node_lease_s,
         backfill=settings.backfill,
         aging_s=settings.aging_s,
+        aging_max_rank=Priority(settings.aging_max_priority).rank,
         max_gpus_per_user=settings.max_gpus_per_user,
         fair_share=settings.fair_share,
         fair_share_window_s=settings.fair_share_window_s,

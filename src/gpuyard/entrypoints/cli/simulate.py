@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from gpuyard.domain.jobs import Priority
 from gpuyard.scheduling.figures import figures_as_dict, format_report
 from gpuyard.scheduling.model import Rules
 from gpuyard.scheduling.simulator import SimulationError, simulate
@@ -36,6 +37,9 @@ def simulate_command(
     aging_s: Annotated[
         float | None, typer.Option("--aging-s", help="A waiting job gains a priority level per N s.", min=1)
     ] = None,
+    aging_max: Annotated[
+        str, typer.Option("--aging-max", help="The highest priority aging gives: normal or high.")
+    ] = "high",
     fair_share: Annotated[
         bool, typer.Option("--fair-share", help="Within a priority, less GPU time used goes first.")
     ] = False,
@@ -64,6 +68,7 @@ def simulate_command(
         rules = Rules(
             backfill=backfill,
             aging_s=aging_s,
+            aging_max_rank=_aging_max(aging_max),
             fair_share=fair_share,
             max_gpus_per_user=max_gpus_per_user,
             preempt_grace_s=preempt_grace_s,
@@ -82,6 +87,12 @@ def simulate_command(
         sys.stdout.write(json.dumps(figures_as_dict(result), indent=2) + "\n")
     else:
         sys.stdout.write(format_report(result))
+
+
+def _aging_max(text: str) -> int:
+    if text.strip().lower() not in ("normal", "high"):
+        raise TraceError(f"--aging-max must be normal or high, not {text!r}.")
+    return Priority(text.strip().lower()).rank
 
 
 def _load(path: Path, nodes: str | None) -> Trace:

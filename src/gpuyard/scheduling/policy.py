@@ -44,6 +44,8 @@ from gpuyard.scheduling.model import (
 
 # A busy GPU whose job is past its expected end is assumed to free a little after now, never at now.
 _OVERDUE_S = 1.0
+# What is left of a preemptible job that will be stopped is booked again, stopped again at most this often.
+_REBOOKINGS = 3
 # A job holds its GPUs for at least this long in simulated time, so a GPU is never given twice at one instant.
 _MIN_RUNTIME_S = 1.0
 # How far the true start may fall from the estimate (early, late), as fractions of the wait, by the weakest
@@ -158,6 +160,7 @@ class Timeline:
         self.soft = soft  # in line order; booked (`_seat`) when the walk reaches their place
         self.soft_gpus = {(s.node.name, g.index): s for s in soft for g in s.gpus}
         self.preemptions: list[Preemption] = []
+        self.stopped: set[int] = set()  # running preemptible jobs this pass asks to stop
         self.preempt_due = INF  # when the next running preemptible job must be asked to stop
         self.total = sum(n.size for n in self.nodes)
         self.placements: list[Placement] = []
@@ -237,13 +240,18 @@ class Timeline:
             reason = WaitReason.STARTING
         # The start depends on the ends of the bookings before it; later jobs depend on this one's end too.
         end = start + runtime
+        rest = 0.0
         if job.preemptible and self.preempting:  # stopped where the gap closes, if it does before its end
             closes = min(_busy_from(g, start) for g in gpus)
             if closes < end:
+                rest = end - max(start, closes - self.grace)  # what is left after its SIGTERM
                 end = closes
                 self.preempt_due = min(self.preempt_due, closes - self.grace)
-        self.cluster.book(node, gpus, start, end, Holder(job.job_id, None, weakest(start_source, source)))
+        holder = Holder(job.job_id, None, weakest(start_source, source))
+        self.cluster.book(node, gpus, start, end, holder)
         self._close(node, gpus)
+        if rest > 0.0:
+            self._rebook(holder, job.gpus, rest, end)
         if self.user_limit is not None:
             self.user_bookings.setdefault(job.user, []).append((start, end, job.gpus))
         backfill = start < self.last_start
@@ -258,16 +266,36 @@ class Timeline:
         GPUs, until their expected end or the first booking of a job ahead of them there."""
         while self.soft and (key is None or self.soft[0].key < key):
             soft = self.soft.pop(0)
+            run = soft.run
+            holder = Holder(run.job_id, run.progress, run.source)
+            if run.job_id in self.stopped:  # stopped now: it runs again, from its place in line
+                self._rebook(holder, len(soft.gpus), soft.end, self.grace)
+                continue
             for g in soft.gpus:
                 self.soft_gpus.pop((soft.node.name, g.index), None)
             end = min(soft.end, *(_busy_from(g, self.grace) for g in soft.gpus))
-            if end < soft.end:  # a job ahead takes its GPUs then: it must be asked to stop a grace before
-                self.preempt_due = min(self.preempt_due, end - self.grace)
             if end - self.grace >= _MIN_RUNTIME_S:
-                run = soft.run
-                holder = Holder(run.job_id, run.progress, run.source)
                 self.cluster.book(soft.node, soft.gpus, self.grace, end, holder)
                 self._close(soft.node, soft.gpus)
+            if end < soft.end:  # a job ahead takes its GPUs then: it must be asked to stop a grace before
+                self.preempt_due = min(self.preempt_due, end - self.grace)
+                self._rebook(holder, len(soft.gpus), soft.end - (end - self.grace), max(end, self.grace))
+
+    def _rebook(self, holder: Holder, count: int, rest: float, after: float) -> None:
+        """Book what is left of a preemptible job that will be stopped (`rest` seconds of it), from `after`
+        on, at its place in line: it runs again before the jobs behind it. At most a few more stops."""
+        for _ in range(_REBOOKINGS):
+            length = max(min(rest, self.min_run + self.grace), self.grace + _MIN_RUNTIME_S)
+            fit = self.cluster.earliest_fit(count, length, after)
+            if fit is None or rest < _MIN_RUNTIME_S:
+                return
+            start, node, gpus = fit
+            end = min(start + rest, *(_busy_from(g, start) for g in gpus))
+            self.cluster.book(node, gpus, start, end, holder)
+            if end >= start + rest:
+                return
+            rest -= max(0.0, end - self.grace - start)
+            after = end
 
     def _preempt(self, job: PendingJob, node: Node, gpus: tuple[Gpu, ...]) -> RunningJob | None:
         """The job starts on GPUs of preemptible jobs behind it: ask them to stop. The first one, or None."""
@@ -276,7 +304,7 @@ class Timeline:
             soft = self.soft_gpus.get((node.name, g.index))
             if soft is None:
                 continue
-            self.soft.remove(soft)
+            self.stopped.add(soft.run.job_id)  # `seat` books the rest of it at its place in line
             for other in soft.gpus:
                 del self.soft_gpus[(soft.node.name, other.index)]
             self.preemptions.append(Preemption(soft.run.job_id, job.job_id))

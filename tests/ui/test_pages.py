@@ -141,6 +141,7 @@ def test_submit_shows_place_in_line_then_that_it_started(stack: Stack, release_d
     at.number_input(key="submit.gpus").set_value(2)
     at.text_input(key="submit.name").input("after-blockers")
     at.text_input(key="submit.workdir").input(str(ROOT))
+    at.checkbox(key="submit.preemptible").check()
     button(at, "Submit").click()
     at.run()
     assert_no_exception(at)
@@ -151,6 +152,7 @@ def test_submit_shows_place_in_line_then_that_it_started(stack: Stack, release_d
     release(release_dir, *blockers)
     job = stack.wait_state(job_id, "succeeded")
     assert job["workdir"] == str(ROOT) and job["command"][-1] == f"echo started; ls {release_dir}"
+    assert job["preemptible"] is True
     at.run()
     assert f"Job {job_id} succeeded" in texts(at)
 

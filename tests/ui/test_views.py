@@ -96,6 +96,7 @@ def test_parse_submission(tmp_path: Path) -> None:
         workdir=str(tmp_path),
         env_text="SEED=1",
         time_limit="1h30m",
+        preemptible=True,
     )
     submission, problems = parse_submission(form, base_env={"PATH": "/venv/bin", "SEED": "0"})
     assert problems == [] and submission is not None
@@ -107,6 +108,7 @@ def test_parse_submission(tmp_path: Path) -> None:
         "workdir": str(tmp_path),
         "env": {"PATH": "/venv/bin", "SEED": "1"},
         "time_limit_s": 5400,
+        "preemptible": True,
     }
 
 

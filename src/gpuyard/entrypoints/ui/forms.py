@@ -27,6 +27,7 @@ class SubmitForm:
     workdir: str = ""
     env_text: str = ""
     time_limit: str = ""
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def parse_submission(
         workdir=workdir or None,
         env=env,
         time_limit_s=limit_s,
+        preemptible=bool(form.preemptible),
     )
     return submission, []
 

@@ -58,6 +58,15 @@ def render() -> None:
             height=90,
             persist_state="session",
         )
+        preemptible = st.checkbox(
+            "Preemptible: may start early, in gaps; stopped and put back in its place when a job ahead needs "
+            "its GPUs",
+            value=False,
+            help="It gets SIGTERM, then a grace period to save a checkpoint to $GPUYARD_CHECKPOINT_DIR, "
+            "which its next attempt finds. A preemption is not a failure.",
+            key="submit.preemptible",
+            persist_state="session",
+        )
         use_service_python = st.checkbox(
             "Run `python` from gpuyard's own environment (its virtualenv, which has the example's packages)",
             value=True,
@@ -74,6 +83,7 @@ def render() -> None:
             workdir=workdir or "",
             env_text=env_text or "",
             time_limit=time_limit or "",
+            preemptible=bool(preemptible),
         )
         _submit(form, base_env=service_python_env() if use_service_python else {})
     if st.session_state.get(LAST):

@@ -84,6 +84,13 @@ class Gpu:
         if start <= bound:
             out.append((start, INF))
 
+    def busy_from(self, start: float) -> float:
+        """When this GPU is next booked from `start` on (INF: never; `start`: it is booked then)."""
+        if start >= self.tail:
+            return INF
+        i = self._hole_at(start)
+        return self.holes[i][1] if i >= 0 else start
+
     def holder_before(self, start: float) -> tuple[float, Holder | None]:
         """The booking that ends last before `start` on this GPU: its end and its holder."""
         if start >= self.tail:

@@ -157,7 +157,7 @@ class Timeline:
         nodes, soft = _build_nodes(request, self.grace)
         self.cluster = Cluster(nodes)
         self.nodes = self.cluster.nodes
-        self.soft = soft  # in line order; booked (`_seat`) when the walk reaches their place
+        self.soft = soft  # in line order; booked (`seat`) when the walk reaches their place
         self.soft_gpus = {(s.node.name, g.index): s for s in soft for g in s.gpus}
         self.preemptions: list[Preemption] = []
         self.stopped: set[int] = set()  # running preemptible jobs this pass asks to stop
@@ -242,7 +242,7 @@ class Timeline:
         end = start + runtime
         rest = 0.0
         if job.preemptible and self.preempting:  # stopped where the gap closes, if it does before its end
-            closes = min(_busy_from(g, start) for g in gpus)
+            closes = min(g.busy_from(start) for g in gpus)
             if closes < end:
                 rest = end - max(start, closes - self.grace)  # what is left after its SIGTERM
                 end = closes
@@ -273,7 +273,7 @@ class Timeline:
                 continue
             for g in soft.gpus:
                 self.soft_gpus.pop((soft.node.name, g.index), None)
-            end = min(soft.end, *(_busy_from(g, self.grace) for g in soft.gpus))
+            end = min(soft.end, *(g.busy_from(self.grace) for g in soft.gpus))
             if end - self.grace >= _MIN_RUNTIME_S:
                 self.cluster.book(soft.node, soft.gpus, self.grace, end, holder)
                 self._close(soft.node, soft.gpus)
@@ -290,7 +290,7 @@ class Timeline:
             if fit is None or rest < _MIN_RUNTIME_S:
                 return
             start, node, gpus = fit
-            end = min(start + rest, *(_busy_from(g, start) for g in gpus))
+            end = min(start + rest, *(g.busy_from(start) for g in gpus))
             self.cluster.book(node, gpus, start, end, holder)
             if end >= start + rest:
                 return
@@ -364,14 +364,6 @@ class Timeline:
 
     def _fits_at(self, count: int, length: float, start: float) -> bool:
         return any(sum(1 for g in n.gpus if g.free_for(start, length)) >= count for n in self.nodes)
-
-
-def _busy_from(gpu: Gpu, start: float) -> float:
-    """When the GPU is next booked from `start` on (INF: never; `start`: it is booked then)."""
-    if start >= gpu.tail:
-        return INF
-    i = gpu._hole_at(start)
-    return gpu.holes[i][1] if i >= 0 else start
 
 
 def _blocker(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -87,37 +88,9 @@ def test_nodes_get_configured_and_reported_links() -> None:
     assert request.nodes[0].links == frozenset({(0, 1), (2, 3)})
 
 
-@pytest.mark.parametrize(("started_h", "limit_s"), [(-2, 3 * 3600), (None, None)])
-def test_running_jobs_carry_their_start_and_when_their_time_limit_stops_them(
-    started_h: int | None, limit_s: float | None
-) -> None:
-    from gpuyard.services.scheduler import SchedulingConfig, build_request
-
-    dispatched_at = T0 - timedelta(hours=3)
-    started_at = None if started_h is None else T0 + timedelta(hours=started_h)
-    row = {
-        "id": 7,
-        "node": "box",
-        "gpu_indices": [0],
-        "user": "ann",
-        "name": "train",
-        "argv": ["python", "train.py"],
-        "time_limit_s": limit_s,
-        "dispatched_at": dispatched_at,
-        "started_at": started_at,
-        "progress_step": None,
-        "progress_total": None,
-    }
-    (run,) = build_request(now=T0, pending=[], active=[row], nodes=[], config=SchedulingConfig()).running
-    began = started_at or dispatched_at
-    assert run.started_at == began
-    assert run.time_limit_at == (None if limit_s is None else began + timedelta(seconds=limit_s))
-
-
-def test_preemptible_jobs_and_the_preemption_rules_reach_the_policy() -> None:
-    from gpuyard.services.scheduler import SchedulingConfig, build_request
-
-    running = {
+def running_row(**changes: Any) -> dict[str, Any]:
+    """A running job's row as `jobs_repo.active_attempts` gives it."""
+    return {
         "id": 7,
         "node": "box",
         "gpu_indices": [0],
@@ -129,12 +102,37 @@ def test_preemptible_jobs_and_the_preemption_rules_reach_the_policy() -> None:
         "started_at": T0,
         "progress_step": None,
         "progress_total": None,
-        "priority_rank": 0,
-        "preemptible": True,
-        "preempt_requested_at": None,
-        "cancel_requested_at": None,
+        **changes,
     }
+
+
+@pytest.mark.parametrize(("started_h", "limit_s"), [(-2, 3 * 3600), (None, None)])
+def test_running_jobs_carry_their_start_and_when_their_time_limit_stops_them(
+    started_h: int | None, limit_s: float | None
+) -> None:
+    from gpuyard.services.scheduler import SchedulingConfig, build_request
+
+    dispatched_at = T0 - timedelta(hours=3)
+    started_at = None if started_h is None else T0 + timedelta(hours=started_h)
+    row = running_row(time_limit_s=limit_s, dispatched_at=dispatched_at, started_at=started_at)
+    (run,) = build_request(now=T0, pending=[], active=[row], nodes=[], config=SchedulingConfig()).running
+    began = started_at or dispatched_at
+    assert run.started_at == began
+    assert run.time_limit_at == (None if limit_s is None else began + timedelta(seconds=limit_s))
+
+
+def test_preemptible_jobs_and_the_preemption_rules_reach_the_policy() -> None:
+    from gpuyard.services.scheduler import SchedulingConfig, build_request
+
+    running = running_row(
+        priority_rank=0,
+        preemptible=True,
+        preempt_requested_at=None,
+        cancel_requested_at=None,
+        submitted_at=T0 - timedelta(hours=2),
+    )
     stopping = {**running, "id": 8, "gpu_indices": [1], "preemptible": False, "cancel_requested_at": T0}
+    preempted = {**running, "id": 10, "gpu_indices": [2], "preempt_requested_at": T0 - timedelta(seconds=2)}
     waiting = {
         "id": 9,
         "gpus": 1,
@@ -146,9 +144,12 @@ def test_preemptible_jobs_and_the_preemption_rules_reach_the_policy() -> None:
         "preemptible": True,
     }
     config = SchedulingConfig(preempt_grace_s=5.0, preempt_min_run_s=30.0)
-    request = build_request(now=T0, pending=[waiting], active=[running, stopping], nodes=[], config=config)
-    first, second = request.running
+    active = [running, stopping, preempted]
+    request = build_request(now=T0, pending=[waiting], active=active, nodes=[], config=config)
+    first, second, third = request.running
     assert (first.preemptible, first.seq, first.priority_rank, first.stopping) == (True, 7, 0, False)
+    assert first.waiting_s == 7200, "it ages as a waiting job would: from its submission"
     assert (second.preemptible, second.stopping) == (False, True), "a cancel asked for: it is stopping"
+    assert third.stopping and third.expected_end_at == T0 + timedelta(seconds=3), "gone when its grace ends"
     assert request.pending[0].preemptible is True
     assert (request.rules.preempt_grace_s, request.rules.preempt_min_run_s) == (5.0, 30.0)

@@ -258,6 +258,15 @@ async def close_attempt(
     return bool(result.rowcount)
 
 
+def _holding(job_id: int, attempt: int) -> tuple[Any, ...]:
+    """The WHERE of a write about a job's attempt that holds GPUs now (dispatched or running)."""
+    return (
+        jobs.c.id == job_id,
+        jobs.c.attempt == attempt,
+        jobs.c.state.in_([s.value for s in ACTIVE_STATES]),
+    )
+
+
 async def set_progress(
     conn: AsyncConnection,
     *,
@@ -274,9 +283,7 @@ async def set_progress(
     result = await conn.execute(
         update(jobs)
         .where(
-            jobs.c.id == job_id,
-            jobs.c.attempt == attempt,
-            jobs.c.state.in_([s.value for s in ACTIVE_STATES]),
+            *_holding(job_id, attempt),
             jobs.c.progress_seq <= seq,
         )
         .values(progress_step=step, progress_total=total, metrics=metrics, updated_at=now, progress_seq=seq)
@@ -298,9 +305,7 @@ async def request_preemption(conn: AsyncConnection, *, job_id: int, attempt: int
     result = await conn.execute(
         update(jobs)
         .where(
-            jobs.c.id == job_id,
-            jobs.c.attempt == attempt,
-            jobs.c.state.in_([s.value for s in ACTIVE_STATES]),
+            *_holding(job_id, attempt),
             jobs.c.preemptible.is_(True),
             jobs.c.preempt_requested_at.is_(None),
             jobs.c.cancel_requested_at.is_(None),

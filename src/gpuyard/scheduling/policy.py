@@ -283,11 +283,15 @@ class Timeline:
 
     def _rebook(self, holder: Holder, count: int, rest: float, after: float) -> None:
         """Book what is left of a preemptible job that will be stopped (`rest` seconds of it), from `after`
-        on, at its place in line: it runs again before the jobs behind it. At most a few more stops."""
-        for _ in range(_REBOOKINGS):
-            length = max(min(rest, self.min_run + self.grace), self.grace + _MIN_RUNTIME_S)
+        on, at its place in line: it runs again before the jobs behind it. In gaps, as it would be run, for
+        a few more stops; then all of the rest in one stretch, so none of it is left out of the plan."""
+        for stops in range(_REBOOKINGS + 1):
+            if rest < _MIN_RUNTIME_S:
+                return
+            last = stops == _REBOOKINGS  # then all the rest in one stretch
+            length = rest if last else max(min(rest, self.min_run + self.grace), self.grace + _MIN_RUNTIME_S)
             fit = self.cluster.earliest_fit(count, length, after)
-            if fit is None or rest < _MIN_RUNTIME_S:
+            if fit is None:
                 return
             start, node, gpus = fit
             end = min(start + rest, *(g.busy_from(start) for g in gpus))

@@ -154,7 +154,7 @@ class Timeline:
         # it, and so on. With it, preemptible jobs are booked and kept like any other.
         self.preempting = request.rules.backfill and not request.rules.fair_share
         self.min_run = max(request.rules.preempt_min_run_s, _MIN_RUNTIME_S)
-        nodes, soft = _build_nodes(request, self.grace)
+        nodes, soft = _build_nodes(request, self.grace, preempting=self.preempting)
         self.cluster = Cluster(nodes)
         self.nodes = self.cluster.nodes
         self.soft = soft  # in line order; booked (`seat`) when the walk reaches their place
@@ -427,9 +427,11 @@ def extend(timeline: Timeline, job: PendingJob) -> Estimate | None:
     return timeline.estimate(timeline.add(job, slot))
 
 
-def _build_nodes(request: ScheduleRequest, grace: float) -> tuple[list[Node], list[_Soft]]:
-    """The online nodes, their GPUs booked until their running jobs should end; and the running preemptible
-    jobs that may be stopped (booked only until a stop would end them), in line order."""
+def _build_nodes(
+    request: ScheduleRequest, grace: float, *, preempting: bool
+) -> tuple[list[Node], list[_Soft]]:
+    """The online nodes, their GPUs booked until their running jobs should end; and, when `preempting`, the
+    running preemptible jobs that may be stopped (booked only until a stop would end them), in line order."""
     holders: dict[tuple[str, int], RunningJob] = {}
     for run in request.running:
         for index in run.gpu_indices:
@@ -449,7 +451,7 @@ def _build_nodes(request: ScheduleRequest, grace: float) -> tuple[list[Node], li
                 end = _running_end(held_by, request)
                 if held_by.stopping:  # asked to stop: gone by the end of its grace at the latest
                     end = min(end, grace)
-                elif held_by.preemptible and rules.backfill and not rules.fair_share and end > grace:
+                elif held_by.preemptible and preempting and end > grace:
                     gpu = Gpu(slot.index, grace, holder)
                     stoppable.setdefault(held_by.job_id, (held_by, end, []))[2].append(gpu)
                     gpus.append(gpu)

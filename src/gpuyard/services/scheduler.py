@@ -146,8 +146,7 @@ def build_request(
                 if row.get("submitted_at")
                 else 0.0,
                 # a stop asked for and not done yet: a preemption, or a cancel
-                stopping=row.get("preempt_requested_at") is not None
-                or row.get("cancel_requested_at") is not None,
+                stopping=asked is not None or row.get("cancel_requested_at") is not None,
             )
         )
     views = tuple(
@@ -375,7 +374,7 @@ class SchedulerService:
     def _pass_at(self, at: datetime, *, now: datetime) -> None:
         """Run a pass at `at` (the periodic tick may come too late by up to its period)."""
         if self._due is not None:
-            if self._due[0] <= at and not self._due[1].cancelled():
+            if self._due[0] <= at:  # one comes soon enough already
                 return
             self._due[1].cancel()
         delay_s = max((at - now).total_seconds(), 0.0)

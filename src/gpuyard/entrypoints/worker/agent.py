@@ -40,6 +40,11 @@ _RECENT_ENDED = 10_000
 _STOP_CLASS = {"cancelled": FailureClass.CANCELLED, "preempted": FailureClass.PREEMPTED}
 
 
+def _unstarted_outcome(failure: FailureClass) -> Outcome:
+    """How an attempt that never started is reported: cancelled when it was, else failed."""
+    return "cancelled" if failure is FailureClass.CANCELLED else "failed"
+
+
 class Worker:
     def __init__(self, settings: Settings, gpus: GpuBackend) -> None:
         self.settings = settings
@@ -236,8 +241,7 @@ class Worker:
 
     async def _refuse(self, attempt: Attempt, failure: FailureClass, detail: str) -> None:
         """Report an attempt that was not started."""
-        outcome: Outcome = "cancelled" if failure is FailureClass.CANCELLED else "failed"
-        await attempt.finish(outcome, failure.value, detail=detail)
+        await attempt.finish(_unstarted_outcome(failure), failure.value, detail=detail)
         self._end(attempt.key)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -274,8 +278,8 @@ class Worker:
                 job_id=c.job_id, attempt=c.attempt, name="", user="", argv=["-"], gpu_indices=[], gpu_uuids=[]
             )
             failure = _STOP_CLASS[c.reason]
-            outcome: Outcome = "cancelled" if failure is FailureClass.CANCELLED else "failed"
-            await self._attempt(stub).finish(outcome, failure.value, detail=f"{c.reason} before it started")
+            detail = f"{c.reason} before it started"
+            await self._attempt(stub).finish(_unstarted_outcome(failure), failure.value, detail=detail)
 
     def _end(self, key: tuple[int, int]) -> None:
         self._ended[key] = None
